@@ -1,0 +1,139 @@
+//! Runtime configuration: every setting is a flag and a `CHIME_GATEWAY_*` environment variable.
+//!
+//! Owns parsing and checking only; it must not bind sockets or read AWS settings (the standard
+//! AWS variables are left to `aws-config`, which documents them).
+
+use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
+
+use clap::{Parser, ValueEnum, builder::BoolishValueParser};
+
+/// Env var for `--listen`.
+pub const ENV_LISTEN: &str = "CHIME_GATEWAY_LISTEN";
+/// Env var for `--upstream-timeout`.
+pub const ENV_UPSTREAM_TIMEOUT: &str = "CHIME_GATEWAY_UPSTREAM_TIMEOUT";
+/// Env var for `--default-deadline`.
+pub const ENV_DEFAULT_DEADLINE: &str = "CHIME_GATEWAY_DEFAULT_DEADLINE";
+/// Env var for `--max-concurrency`.
+pub const ENV_MAX_CONCURRENCY: &str = "CHIME_GATEWAY_MAX_CONCURRENCY";
+/// Env var for `--shutdown-grace`.
+pub const ENV_SHUTDOWN_GRACE: &str = "CHIME_GATEWAY_SHUTDOWN_GRACE";
+/// Env var for `--emulate`.
+pub const ENV_EMULATE: &str = "CHIME_GATEWAY_EMULATE";
+/// Env var for `--log-format`.
+pub const ENV_LOG_FORMAT: &str = "CHIME_GATEWAY_LOG_FORMAT";
+
+/// gRPC gateway for the Amazon Chime CreateUser operation.
+///
+/// Serves chime.v1.ChimeService/CreateUser, grpc.health.v1 and server reflection on one port, and
+/// calls Chime through the AWS SDK. AWS settings (credentials, AWS_REGION, AWS_MAX_ATTEMPTS,
+/// AWS_ENDPOINT_URL_CHIME, ...) are read the way the AWS SDKs document them.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chime-gateway", version)]
+pub struct Config {
+    /// Address the gRPC API, health and reflection listen on.
+    #[arg(long, env = ENV_LISTEN, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Time limit of each upstream attempt (humantime: 500ms, 5s).
+    #[arg(long, env = ENV_UPSTREAM_TIMEOUT, default_value = "5s", value_parser = positive_duration)]
+    pub upstream_timeout: Duration,
+
+    /// Deadline of a call whose caller set none (humantime).
+    #[arg(long, env = ENV_DEFAULT_DEADLINE, default_value = "15s", value_parser = positive_duration)]
+    pub default_deadline: Duration,
+
+    /// Calls served at once; calls beyond it are refused at once with UNAVAILABLE and RetryInfo.
+    #[arg(long, env = ENV_MAX_CONCURRENCY, default_value = "1024")]
+    pub max_concurrency: NonZeroUsize,
+
+    /// How long in-flight calls may run after SIGTERM or SIGINT before they are cancelled.
+    #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Start the built-in Chime emulator on a loopback port and send every call to it.
+    #[arg(long, env = ENV_EMULATE, value_parser = BoolishValueParser::new(), default_value = "false",
+          num_args = 0..=1, default_missing_value = "true")]
+    pub emulate: bool,
+
+    /// Log line format.
+    #[arg(long, env = ENV_LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn positive_duration(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The one line printed for a configuration error: clap's first line, without its usage block.
+pub fn one_line(error: &clap::Error) -> String {
+    let rendered = error.to_string();
+    rendered
+        .lines()
+        .next()
+        .unwrap_or("invalid configuration")
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("chime-gateway").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(c.upstream_timeout, Duration::from_secs(5));
+        assert_eq!(c.default_deadline, Duration::from_secs(15));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(20));
+        assert!(!c.emulate);
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn durations_use_humantime() {
+        let c = parse(&["--upstream-timeout", "500ms", "--default-deadline", "1m"]).unwrap();
+        assert_eq!(c.upstream_timeout, Duration::from_millis(500));
+        assert_eq!(c.default_deadline, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn emulate_is_a_flag_that_also_takes_a_value() {
+        assert!(parse(&["--emulate"]).unwrap().emulate);
+        assert!(!parse(&["--emulate=false"]).unwrap().emulate);
+        assert!(parse(&["--emulate=1"]).unwrap().emulate);
+    }
+
+    #[test]
+    fn invalid_values_give_one_clear_line() {
+        for args in [
+            &["--upstream-timeout", "soon"][..],
+            &["--upstream-timeout", "0s"],
+            &["--listen", "nowhere"],
+            &["--max-concurrency", "0"],
+            &["--log-format", "xml"],
+            &["--no-such-flag"],
+        ] {
+            let err = parse(args).unwrap_err();
+            let line = one_line(&err);
+            assert!(line.starts_with("error: "), "{args:?}: {line}");
+            assert!(!line.contains('\n'));
+        }
+    }
+}

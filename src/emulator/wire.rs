@@ -1,0 +1,204 @@
+//! restJson1 exactly as Amazon Chime puts it on the wire: the User body, error bodies and headers.
+//!
+//! Owns formatting only; no state, no decisions.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::{OffsetDateTime, format_description::FormatItem, macros::format_description};
+
+/// The namespace AWS appends to `x-amzn-ErrorType`.
+pub const ERROR_NAMESPACE: &str = "http://internal.amazon.com/coral/com.amazonaws.chime/";
+
+const ISO_MILLIS: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// The response body type of every answer.
+pub type Body = Full<Bytes>;
+
+/// The CreateUser request body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateUserBody {
+    /// `Email`.
+    pub email: Option<String>,
+    /// `Username`.
+    pub username: Option<String>,
+    /// `UserType`.
+    pub user_type: Option<String>,
+}
+
+/// A user as the emulator creates it.
+#[derive(Debug, Clone)]
+pub struct NewUser<'a> {
+    /// `UserId`.
+    pub user_id: &'a str,
+    /// `AccountId`.
+    pub account_id: &'a str,
+    /// `PrimaryEmail`.
+    pub email: Option<&'a str>,
+    /// `DisplayName` and `FullName`.
+    pub username: Option<&'a str>,
+    /// `SharedDevice` or `PrivateUser`.
+    pub shared_device: bool,
+    /// When it was created.
+    pub now: OffsetDateTime,
+}
+
+/// ISO 8601 with milliseconds, UTC, as Chime writes timestamps.
+pub fn timestamp(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(ISO_MILLIS)
+        .expect("a UTC time always formats")
+}
+
+/// The `{"User": ...}` body, every key AWS sends, in AWS's order.
+///
+/// A PrivateUser is invited (Unregistered, Pending, InvitedOn); a SharedDevice is registered at
+/// once (Registered, RegisteredOn), as in the API reference's sample.
+pub fn user_body(u: &NewUser<'_>) -> Value {
+    let now = timestamp(u.now);
+    let (user_type, registration, invitation, registered_on, invited_on) = if u.shared_device {
+        (
+            "SharedDevice",
+            "Registered",
+            Value::Null,
+            Value::from(now),
+            Value::Null,
+        )
+    } else {
+        (
+            "PrivateUser",
+            "Unregistered",
+            Value::from("Pending"),
+            Value::Null,
+            Value::from(now),
+        )
+    };
+    json!({"User": {
+        "AccountId": u.account_id,
+        "AlexaForBusinessMetadata": {"AlexaForBusinessRoomArn": null, "IsAlexaForBusinessEnabled": false},
+        "Delegates": null,
+        "Devices": null,
+        "DisplayName": u.username,
+        "EmailAlias": [],
+        "FullName": u.username,
+        "InvitedOn": invited_on,
+        "IsProTrial": false,
+        "LastActiveOn": null,
+        "LicenseType": "Pro",
+        "PersonalPIN": null,
+        "PresenceVisibility": null,
+        "PrimaryEmail": u.email,
+        "PrimaryProvisionedNumber": null,
+        "RegisteredOn": registered_on,
+        "UserId": u.user_id,
+        "UserInvitationStatus": invitation,
+        "UserLocale": null,
+        "UserRegistrationStatus": registration,
+        "UserType": user_type,
+        "Vanity": null,
+    }})
+}
+
+/// A JSON response with `Content-Type: application/json`.
+pub fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).expect("a Value always serializes");
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A Chime error: `x-amzn-ErrorType: <Type>:<namespace>` and `{"Code","Message"}`.
+pub fn chime_error(status: StatusCode, error_type: &str, code: &str, message: &str) -> Response<Body> {
+    let mut response = json_response(status, &json!({"Code": code, "Message": message}));
+    set_error_type(&mut response, error_type);
+    response
+}
+
+/// An error of the AWS front door (authentication, routing): the type and `{"message"}`.
+pub fn front_door_error(status: StatusCode, error_type: &str, message: &str) -> Response<Body> {
+    let mut response = json_response(status, &json!({"message": message}));
+    set_error_type(&mut response, error_type);
+    response
+}
+
+/// Sets `x-amzn-ErrorType` as AWS does, with the namespace suffix.
+pub fn set_error_type(response: &mut Response<Body>, error_type: &str) {
+    if let Ok(v) = HeaderValue::from_str(&format!("{error_type}:{ERROR_NAMESPACE}")) {
+        response.headers_mut().insert("x-amzn-ErrorType", v);
+    }
+}
+
+/// The Chime `ErrorCode` that goes with an error type (`ConflictException` -> `Conflict`).
+pub fn code_of_type(error_type: &str) -> &str {
+    match error_type {
+        "ThrottledClientException" => "Throttled",
+        "UnauthorizedClientException" => "Unauthorized",
+        other => other.strip_suffix("Exception").unwrap_or(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn timestamps_have_milliseconds_and_z() {
+        assert_eq!(
+            timestamp(datetime!(2020-01-15 22:38:09.806 UTC)),
+            "2020-01-15T22:38:09.806Z"
+        );
+        assert_eq!(
+            timestamp(datetime!(2020-01-15 22:38:09 UTC)),
+            "2020-01-15T22:38:09.000Z"
+        );
+    }
+
+    #[test]
+    fn a_shared_device_is_shaped_like_the_reference_sample() {
+        let sample: Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/create_user_sample_response.json"
+        ))
+        .unwrap();
+        let user = NewUser {
+            user_id: "1ab2345c-67de-8901-f23g-45h678901j2k",
+            account_id: "12a3456b-7c89-012d-3456-78901e23fg45",
+            email: Some(""),
+            username: None,
+            shared_device: true,
+            now: datetime!(2020-01-15 22:38:09.806 UTC),
+        };
+        let mut ours = user_body(&user);
+        // The sample's user had a name; ours was created without one.
+        ours["User"]["DisplayName"] = sample["User"]["DisplayName"].clone();
+        ours["User"]["FullName"] = sample["User"]["FullName"].clone();
+        assert_eq!(ours, sample);
+    }
+
+    #[test]
+    fn a_private_user_is_invited_not_registered() {
+        let user = NewUser {
+            user_id: "u",
+            account_id: "a",
+            email: Some("jane@example.com"),
+            username: Some("jane"),
+            shared_device: false,
+            now: datetime!(2020-01-15 22:38:09.806 UTC),
+        };
+        let body = user_body(&user);
+        assert_eq!(body["User"]["UserType"], "PrivateUser");
+        assert_eq!(body["User"]["UserRegistrationStatus"], "Unregistered");
+        assert_eq!(body["User"]["UserInvitationStatus"], "Pending");
+        assert_eq!(body["User"]["InvitedOn"], "2020-01-15T22:38:09.806Z");
+        assert_eq!(body["User"]["RegisteredOn"], Value::Null);
+        assert_eq!(body["User"]["DisplayName"], "jane");
+    }
+}

@@ -1,0 +1,309 @@
+//! Turns every failure of a call into a `tonic::Status` (SPEC section 3): one table, one place.
+//!
+//! [`UpstreamError`] says what was observed on the wire; [`CallError`] is the outcome of a whole
+//! call. [`rule`] is the contract's table as one exhaustive match, and [`CallError::to_status`]
+//! attaches the `google.rpc` details. Classifies by HTTP status and type, never by message text;
+//! never logs.
+
+use std::{collections::HashMap, time::Duration};
+
+use tonic::{Code, Status, metadata::MetadataValue};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::validate::FieldViolation;
+
+/// `ErrorInfo.domain` of errors the upstream answered.
+pub const UPSTREAM_DOMAIN: &str = "chime.amazonaws.com";
+/// `ErrorInfo.domain` of errors the gateway itself originates.
+pub const GATEWAY_DOMAIN: &str = "chime-gateway";
+/// The metadata key carrying the upstream's `x-amzn-RequestId`.
+pub const REQUEST_ID_KEY: &str = "x-amzn-requestid";
+/// `RetryInfo.retry_delay` when the upstream sent no `Retry-After`.
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An HTTP error response from the upstream, as read off the wire.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorResponse {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The AWS error type (`ConflictException`), from `x-amzn-ErrorType` or the body's `__type`.
+    pub error_type: Option<String>,
+    /// The Chime error code (`Conflict`), from the body's `Code`.
+    pub code: Option<String>,
+    /// The upstream's message, returned to the caller as it came.
+    pub message: Option<String>,
+    /// The upstream's `x-amzn-RequestId`.
+    pub request_id: Option<String>,
+    /// The upstream's `Retry-After`, in seconds.
+    pub retry_after: Option<Duration>,
+}
+
+/// What went wrong in one upstream attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The upstream answered with an error status.
+    #[error("upstream answered HTTP {}", .0.status)]
+    Response(ErrorResponse),
+    /// A success status whose body is not a CreateUser response.
+    #[error("upstream answered HTTP {status} with a body that is not a CreateUser response")]
+    Unparseable {
+        /// The HTTP status code.
+        status: u16,
+        /// The upstream's `x-amzn-RequestId`.
+        request_id: Option<String>,
+        /// Why the body could not be read.
+        #[source]
+        source: BoxError,
+    },
+    /// The request never left: connection refused, DNS failure.
+    #[error("could not connect to the upstream")]
+    NotSent(#[source] BoxError),
+    /// The connection failed after the request was sent, so the user may have been created.
+    #[error("the upstream connection failed after the request was sent")]
+    ConnectionLost(#[source] BoxError),
+    /// The attempt took longer than `--upstream-timeout`; the user may have been created.
+    #[error("the upstream did not answer in time")]
+    AttemptTimeout,
+    /// The credential chain produced no credentials.
+    #[error("no AWS credentials could be resolved")]
+    NoCredentials(#[source] BoxError),
+    /// The SDK could not build the request.
+    #[error("the upstream request could not be built")]
+    Construction(#[source] BoxError),
+}
+
+/// How one kind of failure is answered: a row of the contract's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// The gRPC code returned.
+    pub code: Code,
+    /// Whether `RetryInfo` is attached (the caller may retry).
+    pub retry_info: bool,
+    /// Whether the gateway retries it itself: only when the upstream provably did not act.
+    pub retryable: bool,
+}
+
+const fn row(code: Code, retry_info: bool, retryable: bool) -> Rule {
+    Rule {
+        code,
+        retry_info,
+        retryable,
+    }
+}
+
+/// The contract's table (SPEC section 3) for an upstream failure.
+pub fn rule(error: &UpstreamError) -> Rule {
+    match error {
+        UpstreamError::Response(r) => match r.status {
+            400 => row(Code::InvalidArgument, false, false),
+            401 => row(Code::Unauthenticated, false, false),
+            403 => row(Code::PermissionDenied, false, false),
+            404 => row(Code::NotFound, false, false),
+            408 => row(Code::DeadlineExceeded, false, false),
+            409 => row(Code::AlreadyExists, false, false),
+            412 => row(Code::FailedPrecondition, false, false),
+            422 => row(Code::InvalidArgument, false, false),
+            429 => row(Code::ResourceExhausted, true, true),
+            499 => row(Code::Cancelled, false, false),
+            500 => row(Code::Internal, false, false),
+            501 => row(Code::Unimplemented, false, false),
+            502 => row(Code::Unavailable, false, false),
+            503 => row(Code::Unavailable, true, true),
+            504 => row(Code::DeadlineExceeded, false, false),
+            _ => row(Code::Unknown, false, false),
+        },
+        UpstreamError::Unparseable { .. } => row(Code::Unknown, false, false),
+        UpstreamError::NotSent(_) => row(Code::Unavailable, true, true),
+        UpstreamError::ConnectionLost(_) => row(Code::Unavailable, false, false),
+        UpstreamError::AttemptTimeout => row(Code::DeadlineExceeded, false, false),
+        UpstreamError::NoCredentials(_) => row(Code::Unavailable, false, false),
+        UpstreamError::Construction(_) => row(Code::Internal, false, false),
+    }
+}
+
+/// The outcome of a call that did not produce a user.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The request broke the model's rules; nothing was sent.
+    #[error("invalid request")]
+    Invalid(Vec<FieldViolation>),
+    /// The last upstream attempt failed.
+    #[error("{error}")]
+    Upstream {
+        /// The last attempt's failure.
+        #[source]
+        error: UpstreamError,
+        /// How many attempts were made.
+        attempts: u32,
+    },
+    /// The caller's deadline (or `--default-deadline`) passed first.
+    #[error("the call's deadline passed after {attempts} upstream attempt(s)")]
+    DeadlineExceeded {
+        /// How many attempts were started.
+        attempts: u32,
+    },
+    /// `--max-concurrency` calls are already in flight.
+    #[error("the gateway is at its concurrency limit")]
+    Overloaded,
+}
+
+impl CallError {
+    /// The gRPC code, for logs and metrics.
+    pub fn code(&self) -> Code {
+        match self {
+            CallError::Invalid(_) => Code::InvalidArgument,
+            CallError::Upstream { error, .. } => rule(error).code,
+            CallError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            CallError::Overloaded => Code::Unavailable,
+        }
+    }
+
+    /// The status returned to the caller, with its `google.rpc` details and metadata.
+    pub fn to_status(&self) -> Status {
+        let mut details = ErrorDetails::new();
+        let message = match self {
+            CallError::Invalid(violations) => {
+                for v in violations {
+                    details.add_bad_request_violation(v.field, v.description.clone());
+                }
+                details.set_error_info("INVALID_REQUEST", GATEWAY_DOMAIN, HashMap::new());
+                let fields: Vec<&str> = violations.iter().map(|v| v.field).collect();
+                format!("invalid CreateUserRequest: {}", fields.join(", "))
+            }
+            CallError::Upstream { error, attempts } => {
+                return upstream_status(error, *attempts);
+            }
+            CallError::DeadlineExceeded { attempts } => {
+                let meta = HashMap::from([("attempts".to_owned(), attempts.to_string())]);
+                details.set_error_info("DEADLINE_EXCEEDED", GATEWAY_DOMAIN, meta);
+                self.to_string()
+            }
+            CallError::Overloaded => {
+                details.set_error_info("OVERLOADED", GATEWAY_DOMAIN, HashMap::new());
+                details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
+                self.to_string()
+            }
+        };
+        Status::with_error_details(self.code(), message, details)
+    }
+}
+
+fn upstream_status(error: &UpstreamError, attempts: u32) -> Status {
+    let rule = rule(error);
+    let mut details = ErrorDetails::new();
+    let mut meta = HashMap::from([("attempts".to_owned(), attempts.to_string())]);
+    let (message, request_id, retry_after) = match error {
+        UpstreamError::Response(r) => {
+            meta.insert("http_status".to_owned(), r.status.to_string());
+            if let Some(t) = &r.error_type {
+                meta.insert("aws_error_type".to_owned(), t.clone());
+            }
+            details.set_error_info(upstream_reason(r), UPSTREAM_DOMAIN, meta);
+            let kind = r.error_type.as_deref().unwrap_or("error");
+            let text = r.message.as_deref().unwrap_or("no message");
+            let message = format!("Chime answered HTTP {} {kind}: {text}", r.status);
+            (message, r.request_id.as_deref(), r.retry_after)
+        }
+        UpstreamError::Unparseable {
+            status, request_id, ..
+        } => {
+            meta.insert("http_status".to_owned(), status.to_string());
+            details.set_error_info("UPSTREAM_BAD_RESPONSE", GATEWAY_DOMAIN, meta);
+            (error.to_string(), request_id.as_deref(), None)
+        }
+        other => {
+            details.set_error_info(gateway_reason(other), GATEWAY_DOMAIN, meta);
+            (other.to_string(), None, None)
+        }
+    };
+    if rule.retry_info {
+        details.set_retry_info(Some(retry_after.unwrap_or(DEFAULT_RETRY_DELAY)));
+    }
+    if let Some(id) = request_id {
+        details.set_request_info(id, "");
+    }
+    let mut status = Status::with_error_details(rule.code, message, details);
+    if let Some(value) = request_id.and_then(|id| MetadataValue::try_from(id).ok()) {
+        status.metadata_mut().insert(REQUEST_ID_KEY, value);
+    }
+    status
+}
+
+fn gateway_reason(error: &UpstreamError) -> &'static str {
+    match error {
+        UpstreamError::Response(_) => "UPSTREAM_ERROR",
+        UpstreamError::Unparseable { .. } => "UPSTREAM_BAD_RESPONSE",
+        UpstreamError::NotSent(_) => "UPSTREAM_UNREACHABLE",
+        UpstreamError::ConnectionLost(_) => "UPSTREAM_CONNECTION_LOST",
+        UpstreamError::AttemptTimeout => "UPSTREAM_TIMEOUT",
+        UpstreamError::NoCredentials(_) => "NO_CREDENTIALS",
+        UpstreamError::Construction(_) => "REQUEST_NOT_BUILT",
+    }
+}
+
+/// `ErrorInfo.reason` of an upstream error: the Chime error code in UPPER_SNAKE_CASE.
+///
+/// The code comes from the body's `Code`, else from the error type, else from the HTTP status.
+pub fn upstream_reason(r: &ErrorResponse) -> String {
+    let from_type = r.error_type.as_deref().map(code_of_type);
+    let code = r
+        .code
+        .as_deref()
+        .or(from_type)
+        .or_else(|| code_of_status(r.status));
+    match code {
+        Some(code) => upper_snake(code),
+        None => format!("HTTP_{}", r.status),
+    }
+}
+
+fn code_of_type(error_type: &str) -> &str {
+    match error_type {
+        "ThrottledClientException" => "Throttled",
+        "UnauthorizedClientException" => "Unauthorized",
+        other => other.strip_suffix("Exception").unwrap_or(other),
+    }
+}
+
+fn code_of_status(status: u16) -> Option<&'static str> {
+    match status {
+        400 => Some("BadRequest"),
+        401 => Some("Unauthorized"),
+        403 => Some("Forbidden"),
+        404 => Some("NotFound"),
+        409 => Some("Conflict"),
+        412 => Some("PreconditionFailed"),
+        422 => Some("Unprocessable"),
+        429 => Some("Throttled"),
+        500 => Some("ServiceFailure"),
+        503 => Some("ServiceUnavailable"),
+        _ => None,
+    }
+}
+
+/// `ServiceUnavailable` -> `SERVICE_UNAVAILABLE`.
+pub fn upper_snake(camel: &str) -> String {
+    let chars: Vec<char> = camel.chars().collect();
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (i, &c) in chars.iter().enumerate() {
+        let prev = i.checked_sub(1).map(|j| chars[j]);
+        let next = chars.get(i + 1);
+        let boundary = c.is_uppercase()
+            && prev.is_some_and(|p| {
+                p.is_lowercase()
+                    || p.is_ascii_digit()
+                    || (p.is_uppercase() && next.is_some_and(|n| n.is_lowercase()))
+            });
+        if boundary {
+            out.push('_');
+        }
+        out.extend(c.to_uppercase());
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "error_tests.rs"]
+mod tests;

@@ -1,0 +1,113 @@
+//! `chime-gateway`: parse config, start telemetry, bind, and call `server::run`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chime_gateway::{
+    chime::{self, SdkUpstream},
+    config::{self, Config},
+    emulator::{self, Emulator, EmulatorConfig},
+    server::{self, ServeOptions},
+    service::{Backoff, CallPolicy, ChimeGateway},
+    telemetry,
+};
+use clap::Parser;
+use tokio::net::TcpListener;
+
+/// Exit status for invalid configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!(
+                "chime-gateway: {}",
+                config::one_line(&e).trim_start_matches("error: ")
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    let result = runtime
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(serve(config)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chime-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listen = listener.local_addr()?;
+    // Kept alive for as long as the gateway serves.
+    let mut _emulator = None;
+    let sdk_config = if config.emulate {
+        let emu = Emulator::start(EmulatorConfig::default())
+            .await
+            .context("cannot start the emulator")?;
+        let (key, secret) = emu.credentials();
+        let sdk_config = chime::load_static_sdk_config(&emu.endpoint_url(), key, secret).await;
+        println!(
+            "chime-gateway: --emulate: Chime emulator listening on {}",
+            emu.endpoint_url()
+        );
+        _emulator = Some(emu);
+        sdk_config
+    } else {
+        chime::load_sdk_config().await
+    };
+    let max_attempts = chime::max_attempts(&sdk_config);
+    let upstream = SdkUpstream::new(&sdk_config);
+    let policy = CallPolicy {
+        upstream_timeout: config.upstream_timeout,
+        default_deadline: config.default_deadline,
+        max_attempts,
+        backoff: Backoff::default(),
+    };
+    let gateway = ChimeGateway::new(upstream, policy, config.max_concurrency.get());
+    println!("chime-gateway: serving chime.v1.ChimeService on {listen}");
+    if config.emulate {
+        println!("chime-gateway: try it:\n  {}", try_it_line(listen));
+    }
+    let options = ServeOptions {
+        shutdown_grace: config.shutdown_grace,
+    };
+    server::run(listener, gateway, options, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn try_it_line(listen: std::net::SocketAddr) -> String {
+    format!(
+        "grpcurl -plaintext -d '{{\"account_id\":\"{}\",\"email\":\"jane@example.com\",\"user_type\":\"USER_TYPE_PRIVATE_USER\"}}' {listen} chime.v1.ChimeService/CreateUser",
+        emulator::DEMO_ACCOUNT_ID
+    )
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on unix");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,135 @@
+//! Checks a `CreateUserRequest` against the Chime model before any upstream call (SPEC section 2).
+//!
+//! Patterns are the model's own, searched unanchored as Smithy does. Owns no I/O and never logs:
+//! the email is sensitive.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use crate::pb::chime::v1::{CreateUserRequest, UserType};
+
+/// The model's pattern for the `accountId` URI label.
+pub const ACCOUNT_ID_PATTERN: &str = r".*\S.*";
+/// The model's pattern for `Email`.
+pub const EMAIL_PATTERN: &str = r".+@.+\..+";
+
+pub(crate) static ACCOUNT_ID: LazyLock<Regex> = LazyLock::new(|| Regex::new(ACCOUNT_ID_PATTERN).unwrap());
+pub(crate) static EMAIL: LazyLock<Regex> = LazyLock::new(|| Regex::new(EMAIL_PATTERN).unwrap());
+
+/// One rule a request field breaks, named by its proto field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The proto field name, e.g. `email`.
+    pub field: &'static str,
+    /// What the field must be.
+    pub description: String,
+}
+
+/// Returns every violation in the request, or `Ok` when an upstream call may be made.
+pub fn validate(request: &CreateUserRequest) -> Result<(), Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    if !ACCOUNT_ID.is_match(&request.account_id) {
+        violations.push(FieldViolation {
+            field: "account_id",
+            description: format!("account_id is required and must match the pattern {ACCOUNT_ID_PATTERN}"),
+        });
+    }
+    if let Some(email) = &request.email
+        && !EMAIL.is_match(email)
+    {
+        violations.push(FieldViolation {
+            field: "email",
+            description: format!("email must match the pattern {EMAIL_PATTERN}"),
+        });
+    }
+    if UserType::try_from(request.user_type).is_err() {
+        violations.push(FieldViolation {
+            field: "user_type",
+            description: format!("user_type {} is not a known UserType value", request.user_type),
+        });
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(violations)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(account_id: &str, email: Option<&str>, user_type: i32) -> CreateUserRequest {
+        CreateUserRequest {
+            account_id: account_id.to_owned(),
+            email: email.map(str::to_owned),
+            username: None,
+            user_type,
+        }
+    }
+
+    fn fields(result: Result<(), Vec<FieldViolation>>) -> Vec<&'static str> {
+        result.err().unwrap_or_default().iter().map(|v| v.field).collect()
+    }
+
+    #[test]
+    fn a_complete_request_is_valid() {
+        let r = request("12a3456b", Some("jane@example.com"), UserType::PrivateUser as i32);
+        assert_eq!(validate(&r), Ok(()));
+    }
+
+    #[test]
+    fn unset_email_and_unspecified_user_type_are_valid() {
+        assert_eq!(validate(&request("a", None, 0)), Ok(()));
+    }
+
+    #[test]
+    fn empty_account_id_is_rejected() {
+        assert_eq!(fields(validate(&request("", None, 0))), ["account_id"]);
+    }
+
+    #[test]
+    fn whitespace_only_account_id_is_rejected() {
+        assert_eq!(fields(validate(&request(" \t\n", None, 0))), ["account_id"]);
+    }
+
+    #[test]
+    fn account_id_with_any_visible_character_is_accepted_unanchored() {
+        assert_eq!(validate(&request("  x  ", None, 0)), Ok(()));
+    }
+
+    #[test]
+    fn present_empty_email_is_rejected() {
+        assert_eq!(fields(validate(&request("a", Some(""), 0))), ["email"]);
+    }
+
+    #[test]
+    fn email_without_dot_after_at_is_rejected() {
+        assert_eq!(
+            fields(validate(&request("a", Some("jane@example"), 0))),
+            ["email"]
+        );
+        assert_eq!(
+            fields(validate(&request("a", Some("@example.com"), 0))),
+            ["email"]
+        );
+    }
+
+    #[test]
+    fn email_pattern_is_searched_unanchored() {
+        assert_eq!(validate(&request("a", Some("  x@y.z  "), 0)), Ok(()));
+    }
+
+    #[test]
+    fn unknown_user_type_is_rejected() {
+        assert_eq!(fields(validate(&request("a", None, 7))), ["user_type"]);
+        assert_eq!(fields(validate(&request("a", None, -1))), ["user_type"]);
+    }
+
+    #[test]
+    fn every_violation_is_reported_at_once() {
+        let r = request("", Some("nope"), 9);
+        assert_eq!(fields(validate(&r)), ["account_id", "email", "user_type"]);
+    }
+}
