@@ -8,7 +8,7 @@ use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{server::NamedService, transport::Server};
+use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// The gRPC name of the API, also its health-check service name.
-pub const SERVICE_NAME: &str = <ChimeServiceServer<()> as NamedService>::NAME;
+pub use crate::pb::chime::v1::chime_service_server::SERVICE_NAME;
 
 /// Settings of the server itself.
 #[derive(Debug, Clone)]

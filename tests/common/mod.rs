@@ -1,0 +1,148 @@
+//! Shared set-up for the end-to-end tests: the real gateway server (`server::run`) on a loopback
+//! port, in front of the real emulator, through the real SDK.
+
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use chime_gateway::{
+    chime::{self, SdkUpstream, Upstream},
+    emulator::{DEMO_ACCOUNT_ID, Emulator, EmulatorConfig},
+    error::REQUEST_ID_KEY,
+    pb::chime::v1::{
+        CreateUserRequest, CreateUserResponse, UserType, chime_service_client::ChimeServiceClient,
+    },
+    server::{self, ServeOptions},
+    service::{Backoff, CallPolicy, ChimeGateway},
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+/// The policy the tests use unless they say otherwise: quick backoff, 3 attempts.
+pub fn policy() -> CallPolicy {
+    CallPolicy {
+        upstream_timeout: Duration::from_secs(5),
+        default_deadline: Duration::from_secs(15),
+        max_attempts: 3,
+        backoff: Backoff {
+            base: Duration::from_millis(5),
+            max: Duration::from_millis(20),
+        },
+    }
+}
+
+/// A running gateway: its address, and how to stop it.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<Result<(), server::ServeError>>,
+}
+
+impl Gateway {
+    /// Starts the real server with any upstream.
+    pub async fn start<U: Upstream>(
+        upstream: U,
+        policy: CallPolicy,
+        max_concurrency: usize,
+        grace: Duration,
+    ) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gateway = ChimeGateway::new(upstream, policy, max_concurrency);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let options = ServeOptions {
+            shutdown_grace: grace,
+        };
+        let task = tokio::spawn(server::run(listener, gateway, options, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Starts the real server in front of `emulator`, through the SDK, with its key pair.
+    pub async fn in_front_of(emulator: &Emulator, policy: CallPolicy) -> Self {
+        let (key, secret) = emulator.credentials();
+        Self::at_endpoint(&emulator.endpoint_url(), key, secret, policy).await
+    }
+
+    /// Starts the real server in front of any endpoint.
+    pub async fn at_endpoint(url: &str, key: &str, secret: &str, policy: CallPolicy) -> Self {
+        let sdk_config = chime::load_static_sdk_config(url, key, secret).await;
+        Self::start(SdkUpstream::new(&sdk_config), policy, 64, Duration::from_secs(5)).await
+    }
+
+    /// A client connected to it.
+    pub async fn client(&self) -> ChimeServiceClient<Channel> {
+        ChimeServiceClient::new(self.channel().await)
+    }
+
+    /// A channel to it, for the health and reflection clients.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Begins shutdown, as SIGTERM does.
+    pub fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// An emulator with the default keys and accounts.
+pub async fn emulator() -> Emulator {
+    Emulator::start(EmulatorConfig::default()).await.unwrap()
+}
+
+/// The emulator and a gateway in front of it, with the test policy.
+pub async fn stack() -> (Emulator, Gateway) {
+    let emulator = emulator().await;
+    let gateway = Gateway::in_front_of(&emulator, policy()).await;
+    (emulator, gateway)
+}
+
+/// A request in the demo account.
+pub fn request(email: Option<&str>, user_type: UserType) -> CreateUserRequest {
+    CreateUserRequest {
+        account_id: DEMO_ACCOUNT_ID.to_owned(),
+        email: email.map(str::to_owned),
+        username: None,
+        user_type: user_type as i32,
+    }
+}
+
+/// Calls CreateUser and returns the response with its metadata.
+pub async fn create(
+    gateway: &Gateway,
+    request: CreateUserRequest,
+) -> Result<tonic::Response<CreateUserResponse>, tonic::Status> {
+    gateway.client().await.create_user(request).await
+}
+
+/// The `x-amzn-requestid` of a response or status metadata.
+pub fn request_id(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    metadata
+        .get(REQUEST_ID_KEY)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// Shorthands for test policies.
+pub struct CallPolicyExt;
+
+impl CallPolicyExt {
+    /// The test policy with a given attempt limit.
+    pub fn attempts(max_attempts: u32) -> CallPolicy {
+        CallPolicy {
+            max_attempts,
+            ..policy()
+        }
+    }
+}
