@@ -147,6 +147,9 @@ pub enum CallError {
     /// `--max-concurrency` calls are already in flight.
     #[error("the gateway is at its concurrency limit")]
     Overloaded,
+    /// The gateway is shutting down and its grace period is over.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
 }
 
 impl CallError {
@@ -156,7 +159,7 @@ impl CallError {
             CallError::Invalid(_) => Code::InvalidArgument,
             CallError::Upstream { error, .. } => rule(error).code,
             CallError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
-            CallError::Overloaded => Code::Unavailable,
+            CallError::Overloaded | CallError::ShuttingDown => Code::Unavailable,
         }
     }
 
@@ -182,6 +185,11 @@ impl CallError {
             }
             CallError::Overloaded => {
                 details.set_error_info("OVERLOADED", GATEWAY_DOMAIN, HashMap::new());
+                details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
+                self.to_string()
+            }
+            CallError::ShuttingDown => {
+                details.set_error_info("SHUTTING_DOWN", GATEWAY_DOMAIN, HashMap::new());
                 details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
                 self.to_string()
             }

@@ -284,6 +284,17 @@ fn overload_maps_to_unavailable_with_retry_info() {
 }
 
 #[test]
+fn shutting_down_maps_to_unavailable_with_retry_info() {
+    check(
+        &CallError::ShuttingDown.to_status(),
+        Code::Unavailable,
+        GATEWAY_DOMAIN,
+        "SHUTTING_DOWN",
+        true,
+    );
+}
+
+#[test]
 fn the_callers_deadline_maps_to_deadline_exceeded() {
     let s = CallError::DeadlineExceeded { attempts: 2 }.to_status();
     check(

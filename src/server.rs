@@ -20,6 +20,9 @@ use crate::{
 /// The gRPC name of the API, also its health-check service name.
 pub use crate::pb::chime::v1::chime_service_server::SERVICE_NAME;
 
+/// How long cancelled calls get to deliver their UNAVAILABLE once the grace is over.
+const CANCEL_FLUSH: Duration = Duration::from_secs(1);
+
 /// Settings of the server itself.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -52,6 +55,7 @@ pub async fn run<U: Upstream>(
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
+    let canceller = gateway.canceller();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .add_service(health_service)
@@ -69,12 +73,14 @@ pub async fn run<U: Upstream>(
     set_status(&health, ServingStatus::NotServing).await;
     let _ = stop_tx.send(());
     tracing::info!(grace = ?options.shutdown_grace, "shutting down: draining in-flight calls");
-    match tokio::time::timeout(options.shutdown_grace, server).await {
+    if let Ok(result) = tokio::time::timeout(options.shutdown_grace, &mut server).await {
+        return Ok(result?);
+    }
+    tracing::warn!("shutdown grace elapsed: cancelling the calls still in flight");
+    canceller.cancel();
+    match tokio::time::timeout(CANCEL_FLUSH, server).await {
         Ok(result) => Ok(result?),
-        Err(_) => {
-            tracing::warn!("shutdown grace elapsed: cancelling the calls still in flight");
-            Ok(())
-        }
+        Err(_) => Ok(()),
     }
 }
 

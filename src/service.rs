@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use rand::Rng;
 use tokio::{
-    sync::Semaphore,
+    sync::{Semaphore, watch},
     time::{Instant, sleep, timeout, timeout_at},
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap, metadata::MetadataValue};
@@ -75,6 +75,18 @@ pub struct ChimeGateway<U> {
     upstream: Arc<U>,
     policy: CallPolicy,
     permits: Arc<Semaphore>,
+    cancel: Arc<watch::Sender<bool>>,
+}
+
+/// Ends every call still in flight with UNAVAILABLE: the last step of a shutdown whose grace ran out.
+#[derive(Debug, Clone)]
+pub struct Canceller(Arc<watch::Sender<bool>>);
+
+impl Canceller {
+    /// Cancels the calls in flight and any that start later.
+    pub fn cancel(&self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl<U: Upstream> ChimeGateway<U> {
@@ -84,7 +96,13 @@ impl<U: Upstream> ChimeGateway<U> {
             upstream: Arc::new(upstream),
             policy,
             permits: Arc::new(Semaphore::new(max_concurrency)),
+            cancel: Arc::new(watch::Sender::new(false)),
         }
+    }
+
+    /// The handle that cancels this gateway's calls.
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.cancel.clone())
     }
 
     async fn handle(
@@ -150,7 +168,11 @@ impl<U: Upstream> ChimeService for ChimeGateway<U> {
         let started = Instant::now();
         let budget = caller_timeout(request.metadata()).unwrap_or(self.policy.default_deadline);
         let deadline = started + budget.saturating_sub(DEADLINE_MARGIN);
-        let (result, attempts) = self.handle(request.into_inner(), deadline).await;
+        let mut cancelled = self.cancel.subscribe();
+        let (result, attempts) = tokio::select! {
+            outcome = self.handle(request.into_inner(), deadline) => outcome,
+            _ = cancelled.wait_for(|c| *c) => (Err(CallError::ShuttingDown), 0),
+        };
         log_call(&result, attempts, started.elapsed());
         let created = result.map_err(|e| e.to_status())?;
         let request_id = created

@@ -1,1 +1,216 @@
+//! The verifier against requests signed by `aws-sigv4`'s own signer, and every refusal.
 
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_sigv4::{
+    http_request::{SignableBody, SignableRequest, SigningSettings, sign},
+    sign::v4,
+};
+
+use super::*;
+
+const KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+const URI: &str = "http://127.0.0.1:8080/accounts/acct%201%2Fx/users?operation=create";
+const BODY: &[u8] = br#"{"Email":"jane@example.com"}"#;
+
+fn verifier() -> Verifier<'static> {
+    Verifier {
+        access_key_id: KEY,
+        secret_access_key: SECRET,
+        region: "us-east-1",
+        service: "chime",
+    }
+}
+
+/// A request signed as an AWS SDK would sign it.
+fn signed(secret: &str, region: &str, service: &str, at: SystemTime) -> http::Request<Vec<u8>> {
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(URI)
+        .header("host", "127.0.0.1:8080")
+        .header("content-type", "application/json")
+        .body(BODY.to_vec())
+        .unwrap();
+    let identity = Credentials::new(KEY, secret, None, None, "test").into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(at)
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.to_str().unwrap()));
+    let signable = SignableRequest::new("POST", URI, headers, SignableBody::Bytes(BODY)).unwrap();
+    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    instructions.apply_to_request_http1x(&mut request);
+    request
+}
+
+fn check(request: http::Request<Vec<u8>>, now: SystemTime) -> Result<(), AuthError> {
+    let (parts, body) = request.into_parts();
+    verifier().verify(&parts, &body, now)
+}
+
+fn error_type(result: Result<(), AuthError>) -> &'static str {
+    result.unwrap_err().error_type()
+}
+
+#[test]
+fn a_correctly_signed_request_verifies() {
+    let now = SystemTime::now();
+    assert_eq!(check(signed(SECRET, "us-east-1", "chime", now), now), Ok(()));
+}
+
+#[test]
+fn a_signature_within_the_skew_verifies() {
+    let now = SystemTime::now();
+    let at = now - Duration::from_secs(14 * 60);
+    assert_eq!(check(signed(SECRET, "us-east-1", "chime", at), now), Ok(()));
+}
+
+#[test]
+fn a_missing_authorization_is_missing_authentication_token() {
+    let mut request = signed(SECRET, "us-east-1", "chime", SystemTime::now());
+    request.headers_mut().remove("authorization");
+    assert_eq!(
+        error_type(check(request, SystemTime::now())),
+        "MissingAuthenticationTokenException"
+    );
+}
+
+#[test]
+fn a_wrong_secret_is_an_invalid_signature() {
+    let now = SystemTime::now();
+    let result = check(signed("wrong", "us-east-1", "chime", now), now);
+    assert!(result.clone().unwrap_err().message().contains("does not match"));
+    assert_eq!(error_type(result), "InvalidSignatureException");
+}
+
+#[test]
+fn an_unknown_access_key_is_unrecognized() {
+    let now = SystemTime::now();
+    let mut request = signed(SECRET, "us-east-1", "chime", now);
+    let auth = request.headers()["authorization"]
+        .to_str()
+        .unwrap()
+        .replace(KEY, "AKIDOTHER");
+    request
+        .headers_mut()
+        .insert("authorization", auth.parse().unwrap());
+    assert_eq!(error_type(check(request, now)), "UnrecognizedClientException");
+}
+
+#[test]
+fn another_region_or_service_is_refused() {
+    let now = SystemTime::now();
+    let region = check(signed(SECRET, "eu-west-1", "chime", now), now).unwrap_err();
+    assert!(region.message().contains("region"), "{region:?}");
+    let service = check(signed(SECRET, "us-east-1", "s3", now), now).unwrap_err();
+    assert!(service.message().contains("'chime'"), "{service:?}");
+}
+
+#[test]
+fn an_old_or_future_signature_is_expired() {
+    let now = SystemTime::now();
+    let old = check(
+        signed(SECRET, "us-east-1", "chime", now - Duration::from_secs(16 * 60)),
+        now,
+    );
+    assert!(
+        old.clone()
+            .unwrap_err()
+            .message()
+            .starts_with("Signature expired")
+    );
+    let future = check(
+        signed(SECRET, "us-east-1", "chime", now + Duration::from_secs(16 * 60)),
+        now,
+    );
+    assert!(
+        future
+            .unwrap_err()
+            .message()
+            .starts_with("Signature not yet current")
+    );
+}
+
+#[test]
+fn a_tampered_body_or_path_or_header_fails() {
+    let now = SystemTime::now();
+    let mut body = signed(SECRET, "us-east-1", "chime", now);
+    *body.body_mut() = br#"{"Email":"eve@example.com"}"#.to_vec();
+    assert_eq!(error_type(check(body, now)), "InvalidSignatureException");
+
+    let request = signed(SECRET, "us-east-1", "chime", now);
+    let (mut parts, body) = request.into_parts();
+    parts.uri = URI.replace("acct%201", "acct%202").parse().unwrap();
+    assert!(verifier().verify(&parts, &body, now).is_err());
+
+    let mut header = signed(SECRET, "us-east-1", "chime", now);
+    header
+        .headers_mut()
+        .insert("content-type", "text/plain".parse().unwrap());
+    assert_eq!(error_type(check(header, now)), "InvalidSignatureException");
+}
+
+#[test]
+fn unsigned_extra_headers_are_ignored() {
+    let now = SystemTime::now();
+    let mut request = signed(SECRET, "us-east-1", "chime", now);
+    request
+        .headers_mut()
+        .insert("user-agent", "anything".parse().unwrap());
+    assert_eq!(check(request, now), Ok(()));
+}
+
+#[test]
+fn a_malformed_authorization_is_incomplete() {
+    let now = SystemTime::now();
+    for bad in [
+        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20200101/us-east-1/chime/aws4_request",
+        "AWS4-HMAC-SHA256 SignedHeaders=host, Signature=00",
+        "AWS4-HMAC-SHA256 Credential=onlykey, SignedHeaders=host, Signature=00",
+        "Basic dXNlcjpwYXNz",
+    ] {
+        let mut request = signed(SECRET, "us-east-1", "chime", now);
+        request
+            .headers_mut()
+            .insert("authorization", bad.parse().unwrap());
+        assert_eq!(
+            error_type(check(request, now)),
+            "IncompleteSignatureException",
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_date_is_incomplete() {
+    let now = SystemTime::now();
+    let mut request = signed(SECRET, "us-east-1", "chime", now);
+    request.headers_mut().remove("x-amz-date");
+    assert_eq!(error_type(check(request, now)), "IncompleteSignatureException");
+}
+
+#[test]
+fn the_canonical_request_double_encodes_the_path_and_sorts_the_query() {
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("http://h/accounts/a%2Fb/users?b=2&a=x%20y&operation=create")
+        .header("host", "h")
+        .header("x-amz-date", "20200115T223809Z")
+        .body(())
+        .unwrap();
+    let (parts, ()) = request.into_parts();
+    let canonical = canonical_request(&parts, "host;x-amz-date", b"");
+    let expected = "POST\n/accounts/a%252Fb/users\na=x%20y&b=2&operation=create\nhost:h\nx-amz-date:20200115T223809Z\n\n\
+                    host;x-amz-date\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    assert_eq!(canonical, expected);
+}
