@@ -1,0 +1,170 @@
+//! The emulator on the wire, as other teams' SDKs will meet it: raw HTTP for the exact shapes,
+//! and many parallel creates through the gateway for its state.
+
+mod common;
+
+use std::{collections::HashSet, time::SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_sigv4::{
+    http_request::{SignableBody, SignableRequest, SigningSettings, sign},
+    sign::v4,
+};
+use bytes::Bytes;
+use chime_gateway::{
+    emulator::{DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, DEMO_ACCOUNT_ID},
+    pb::chime::v1::UserType,
+};
+use common::{create, emulator, request, stack};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use tonic::Code;
+
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: serde_json::Value,
+}
+
+async fn send(url: &str, account: &str, body: &str, signed: bool) -> Answer {
+    let uri = format!("{url}/accounts/{account}/users?operation=create");
+    let mut request = http::Request::post(&uri)
+        .header("content-type", "application/json")
+        .header("host", url.trim_start_matches("http://"))
+        .body(body.as_bytes().to_vec())
+        .unwrap();
+    if signed {
+        let identity = Credentials::new(DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, None, None, "t").into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region("us-east-1")
+            .name("chime")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .unwrap()
+            .into();
+        let headers = request.headers().iter().map(|(k, v)| (k.as_str(), v.to_str().unwrap()));
+        let signable = SignableRequest::new("POST", &uri, headers, SignableBody::Bytes(body.as_bytes())).unwrap();
+        let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+        instructions.apply_to_request_http1x(&mut request);
+    }
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let response = client.request(request.map(|b| Full::new(Bytes::from(b)))).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    Answer { status, headers, body }
+}
+
+fn header<'a>(answer: &'a Answer, name: &str) -> &'a str {
+    answer.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_create_answers_201_with_a_request_id_and_millisecond_timestamps() {
+    let emu = emulator().await;
+    let a = send(&emu.endpoint_url(), DEMO_ACCOUNT_ID, r#"{"Email":"jane@example.com","UserType":"PrivateUser"}"#, true).await;
+    assert_eq!(a.status, 201);
+    assert_eq!(header(&a, "content-type"), "application/json");
+    assert_eq!(header(&a, "x-amzn-requestid").len(), 36);
+    let invited = a.body["User"]["InvitedOn"].as_str().unwrap();
+    assert_eq!(invited.len(), "2020-01-15T22:38:09.806Z".len(), "{invited}");
+    assert!(invited.ends_with('Z') && invited.as_bytes()[19] == b'.');
+    assert_eq!(a.body["User"]["UserInvitationStatus"], "Pending");
+}
+
+#[tokio::test]
+async fn errors_carry_the_type_header_and_a_code_message_body() {
+    let emu = emulator().await;
+    let url = emu.endpoint_url();
+    send(&url, DEMO_ACCOUNT_ID, r#"{"Email":"a@b.co"}"#, true).await;
+    let a = send(&url, DEMO_ACCOUNT_ID, r#"{"Email":"a@b.co"}"#, true).await;
+    assert_eq!(a.status, 409);
+    assert_eq!(
+        header(&a, "x-amzn-errortype"),
+        "ConflictException:http://internal.amazon.com/coral/com.amazonaws.chime/"
+    );
+    assert_eq!(a.body["Code"], "Conflict");
+    assert!(a.body["Message"].is_string());
+    assert_eq!(header(&a, "x-amzn-requestid").len(), 36);
+}
+
+#[tokio::test]
+async fn bad_patterns_answer_400_bad_request() {
+    let emu = emulator().await;
+    let url = emu.endpoint_url();
+    for (account, body) in [
+        (DEMO_ACCOUNT_ID, r#"{"Email":"not-an-email"}"#),
+        (DEMO_ACCOUNT_ID, r#"{"UserType":"Robot"}"#),
+        ("%20", "{}"),
+        (DEMO_ACCOUNT_ID, "{not json"),
+    ] {
+        let a = send(&url, account, body, true).await;
+        assert_eq!(a.status, 400, "{account} {body}");
+        assert!(header(&a, "x-amzn-errortype").starts_with("BadRequestException:"));
+        assert_eq!(a.body["Code"], "BadRequest");
+    }
+    assert_eq!(emu.user_count(DEMO_ACCOUNT_ID), Some(0));
+}
+
+#[tokio::test]
+async fn an_unsigned_request_answers_403_missing_authentication_token() {
+    let emu = emulator().await;
+    let a = send(&emu.endpoint_url(), DEMO_ACCOUNT_ID, "{}", false).await;
+    assert_eq!(a.status, 403);
+    assert!(header(&a, "x-amzn-errortype").starts_with("MissingAuthenticationTokenException"));
+    assert_eq!(a.body["message"], "Missing Authentication Token");
+    assert_eq!(header(&a, "x-amzn-requestid").len(), 36);
+}
+
+#[tokio::test]
+async fn an_unknown_account_answers_404_not_found() {
+    let emu = emulator().await;
+    let a = send(&emu.endpoint_url(), "nobody", "{}", true).await;
+    assert_eq!(a.status, 404);
+    assert_eq!(a.body["Code"], "NotFound");
+}
+
+#[tokio::test]
+async fn admin_routes_answer_and_unknown_ones_404() {
+    let emu = emulator().await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let get = |path: &str| http::Request::get(format!("{}{path}", emu.endpoint_url())).body(Full::default()).unwrap();
+    let health = client.request(get("/_emulator/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let requests = client.request(get("/_emulator/requests")).await.unwrap();
+    assert_eq!(requests.status(), 200);
+    let body = requests.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"[]", "admin calls are not recorded");
+    assert_eq!(client.request(get("/_emulator/nope")).await.unwrap().status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_creates_get_unique_ids_and_one_winner_per_email() {
+    let (emu, gw) = stack().await;
+    let client = gw.client().await;
+    let calls: Vec<_> = (0..60)
+        .map(|i| {
+            let mut c = client.clone();
+            let email = format!("user{}@example.com", i % 12);
+            tokio::spawn(async move { c.create_user(request(Some(&email), UserType::PrivateUser)).await })
+        })
+        .collect();
+    let (mut ids, mut conflicts) = (HashSet::new(), 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(r) => assert!(ids.insert(r.into_inner().user.unwrap().user_id)),
+            Err(s) if s.code() == Code::AlreadyExists => conflicts += 1,
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    assert_eq!(ids.len(), 12, "exactly one winner per email");
+    assert_eq!(conflicts, 48);
+    assert_eq!(emu.user_count(DEMO_ACCOUNT_ID), Some(12));
+    let no_email: Vec<_> = (0..20).map(|_| create(&gw, request(None, UserType::SharedDevice))).collect();
+    for call in no_email {
+        assert!(ids.insert(call.await.unwrap().into_inner().user.unwrap().user_id));
+    }
+}

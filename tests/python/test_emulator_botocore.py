@@ -1,0 +1,115 @@
+"""The chime-emulator binary against an independent client: botocore's own `chime` client.
+
+Run by .ci/run; locally: CHIME_EMULATOR_BIN=target/debug/chime-emulator pytest tests/python
+"""
+
+import os
+import subprocess
+import uuid
+
+import botocore.session
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+DEMO_ACCOUNT = "12a3456b-7c89-012d-3456-78901e23fg45"
+KEY_ID = "AKIAIOSFODNN7EXAMPLE"
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+BINARY = os.environ.get("CHIME_EMULATOR_BIN", "target/debug/chime-emulator")
+
+
+def start_emulator(**env):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CHIME_"))}
+    full_env.update({"CHIME_EMULATOR_LISTEN": "127.0.0.1:0", **env})
+    proc = subprocess.Popen([BINARY], stdout=subprocess.PIPE, env=full_env, text=True)
+    line = proc.stdout.readline()
+    assert "listening on " in line, line
+    return proc, line.split("listening on ", 1)[1].strip()
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    proc, url = start_emulator()
+    yield url
+    proc.terminate()
+    assert proc.wait(timeout=10) == 0
+
+
+def client(url, secret=SECRET):
+    return botocore.session.get_session().create_client(
+        "chime",
+        region_name="us-east-1",
+        endpoint_url=url,
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key=secret,
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+
+
+def error_of(excinfo):
+    err = excinfo.value.response
+    return err["Error"]["Code"], err["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def test_create_user_succeeds_with_aws_shapes(endpoint):
+    email = f"{uuid.uuid4().hex}@example.com"
+    out = client(endpoint).create_user(AccountId=DEMO_ACCOUNT, Email=email, UserType="PrivateUser")
+    assert out["ResponseMetadata"]["HTTPStatusCode"] == 201
+    assert len(out["ResponseMetadata"]["RequestId"]) == 36
+    user = out["User"]
+    assert user["PrimaryEmail"] == email
+    assert user["AccountId"] == DEMO_ACCOUNT
+    assert user["UserRegistrationStatus"] == "Unregistered"
+    assert user["UserInvitationStatus"] == "Pending"
+    assert user["InvitedOn"].microsecond % 1000 == 0
+    assert "RegisteredOn" not in user
+
+
+def test_shared_device_is_registered(endpoint):
+    user = client(endpoint).create_user(AccountId=DEMO_ACCOUNT, UserType="SharedDevice")["User"]
+    assert user["UserRegistrationStatus"] == "Registered"
+    assert "RegisteredOn" in user
+
+
+def test_duplicate_email_is_a_conflict(endpoint):
+    c = client(endpoint)
+    email = f"{uuid.uuid4().hex}@example.com"
+    c.create_user(AccountId=DEMO_ACCOUNT, Email=email)
+    with pytest.raises(c.exceptions.ConflictException) as excinfo:
+        c.create_user(AccountId=DEMO_ACCOUNT, Email=email)
+    assert error_of(excinfo) == ("ConflictException", 409)
+
+
+def test_unknown_account_is_not_found(endpoint):
+    c = client(endpoint)
+    with pytest.raises(c.exceptions.NotFoundException) as excinfo:
+        c.create_user(AccountId="no-such-account", Email="a@example.com")
+    assert error_of(excinfo) == ("NotFoundException", 404)
+
+
+def test_bad_email_pattern_is_a_bad_request(endpoint):
+    c = client(endpoint)
+    with pytest.raises(c.exceptions.BadRequestException) as excinfo:
+        c.create_user(AccountId=DEMO_ACCOUNT, Email="not-an-email")
+    assert error_of(excinfo) == ("BadRequestException", 400)
+
+
+def test_wrong_secret_is_rejected_as_a_bad_signature(endpoint):
+    with pytest.raises(ClientError) as excinfo:
+        client(endpoint, secret="wrong").create_user(AccountId=DEMO_ACCOUNT)
+    assert error_of(excinfo) == ("InvalidSignatureException", 403)
+    assert "signature" in excinfo.value.response["Error"]["Message"]
+
+
+def test_throttling_answers_429_throttled_client():
+    proc, url = start_emulator(CHIME_EMULATOR_THROTTLE_RPS="1")
+    try:
+        c = client(url)
+        c.create_user(AccountId=DEMO_ACCOUNT)
+        with pytest.raises(c.exceptions.ThrottledClientException) as excinfo:
+            c.create_user(AccountId=DEMO_ACCOUNT)
+        assert error_of(excinfo) == ("ThrottledClientException", 429)
+        assert excinfo.value.response["ResponseMetadata"]["HTTPHeaders"]["retry-after"] == "1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
