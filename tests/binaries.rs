@@ -25,7 +25,9 @@ fn command(bin: &str) -> Command {
             cmd.env_remove(key);
         }
     }
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     cmd
 }
 
@@ -49,7 +51,13 @@ async fn word_after(child: &mut Child, marker: &str) -> String {
 
 fn sigterm(child: &Child) {
     let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
 }
 
 async fn post_json(url: &str, body: &str) -> u16 {
@@ -105,12 +113,19 @@ async fn help_exits_0_and_names_every_setting() {
 
 #[tokio::test]
 async fn emulate_serves_and_sigterm_finishes_the_call_in_flight_then_exits_0() {
-    let mut child = command(GATEWAY).args(["--emulate", "--listen", "127.0.0.1:0"]).spawn().unwrap();
+    let mut child = command(GATEWAY)
+        .args(["--emulate", "--listen", "127.0.0.1:0"])
+        .spawn()
+        .unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let (mut emulator_url, mut listen) = (String::new(), String::new());
     while listen.is_empty() {
-        let line = lines.next_line().await.unwrap().expect("the gateway printed its addresses");
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the gateway printed its addresses");
         if let Some((_, rest)) = line.split_once("emulator listening on ") {
             emulator_url = rest.trim().to_owned();
         }
@@ -118,7 +133,9 @@ async fn emulate_serves_and_sigterm_finishes_the_call_in_flight_then_exits_0() {
             listen = rest.trim().to_owned();
         }
     }
-    let mut client = ChimeServiceClient::connect(format!("http://{listen}")).await.unwrap();
+    let mut client = ChimeServiceClient::connect(format!("http://{listen}"))
+        .await
+        .unwrap();
     let request = |email: &str| CreateUserRequest {
         account_id: DEMO_ACCOUNT_ID.into(),
         email: Some(email.into()),
@@ -128,31 +145,64 @@ async fn emulate_serves_and_sigterm_finishes_the_call_in_flight_then_exits_0() {
     client.create_user(request("first@example.com")).await.unwrap();
 
     let fault = r#"{"fault": {"kind": "latency", "millis": 800}, "times": 1}"#;
-    assert_eq!(post_json(&format!("{emulator_url}/_emulator/faults"), fault).await, 204);
+    assert_eq!(
+        post_json(&format!("{emulator_url}/_emulator/faults"), fault).await,
+        204
+    );
     let mut slow = client.clone();
     let in_flight = tokio::spawn(async move { slow.create_user(request("slow@example.com")).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     sigterm(&child);
     let user = in_flight.await.unwrap().expect("the in-flight call completes OK");
-    assert_eq!(user.into_inner().user.unwrap().primary_email.as_deref(), Some("slow@example.com"));
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert_eq!(
+        user.into_inner().user.unwrap().primary_email.as_deref(),
+        Some("slow@example.com")
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]
 async fn the_emulator_binary_serves_its_admin_api_and_exits_0_on_sigterm() {
-    let mut child = command(EMULATOR).env("CHIME_EMULATOR_LISTEN", "127.0.0.1:0").spawn().unwrap();
+    let mut child = command(EMULATOR)
+        .env("CHIME_EMULATOR_LISTEN", "127.0.0.1:0")
+        .spawn()
+        .unwrap();
     let url = word_after(&mut child, "listening on ").await;
-    assert_eq!(post_json(&format!("{url}/_emulator/accounts"), r#"{"account_id": "team-a"}"#).await, 204);
-    assert_eq!(post_json(&format!("{url}/_emulator/faults"), r#"{"fault": {"kind": "nope"}}"#).await, 400);
+    assert_eq!(
+        post_json(
+            &format!("{url}/_emulator/accounts"),
+            r#"{"account_id": "team-a"}"#
+        )
+        .await,
+        204
+    );
+    assert_eq!(
+        post_json(
+            &format!("{url}/_emulator/faults"),
+            r#"{"fault": {"kind": "nope"}}"#
+        )
+        .await,
+        400
+    );
     sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]
 async fn the_emulator_binary_refuses_a_bad_setting_with_64() {
-    let out = command(EMULATOR).env("CHIME_EMULATOR_THROTTLE_RPS", "0").output().await.unwrap();
+    let out = command(EMULATOR)
+        .env("CHIME_EMULATOR_THROTTLE_RPS", "0")
+        .output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert_eq!(String::from_utf8(out.stderr).unwrap().lines().count(), 1);
 }

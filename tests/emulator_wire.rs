@@ -34,7 +34,8 @@ async fn send(url: &str, account: &str, body: &str, signed: bool) -> Answer {
         .body(body.as_bytes().to_vec())
         .unwrap();
     if signed {
-        let identity = Credentials::new(DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, None, None, "t").into();
+        let identity =
+            Credentials::new(DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, None, None, "t").into();
         let params = v4::SigningParams::builder()
             .identity(&identity)
             .region("us-east-1")
@@ -44,28 +45,49 @@ async fn send(url: &str, account: &str, body: &str, signed: bool) -> Answer {
             .build()
             .unwrap()
             .into();
-        let headers = request.headers().iter().map(|(k, v)| (k.as_str(), v.to_str().unwrap()));
-        let signable = SignableRequest::new("POST", &uri, headers, SignableBody::Bytes(body.as_bytes())).unwrap();
+        let headers = request
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()));
+        let signable =
+            SignableRequest::new("POST", &uri, headers, SignableBody::Bytes(body.as_bytes())).unwrap();
         let (instructions, _) = sign(signable, &params).unwrap().into_parts();
         instructions.apply_to_request_http1x(&mut request);
     }
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let response = client.request(request.map(|b| Full::new(Bytes::from(b)))).await.unwrap();
+    let response = client
+        .request(request.map(|b| Full::new(Bytes::from(b))))
+        .await
+        .unwrap();
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    Answer { status, headers, body }
+    Answer {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn header<'a>(answer: &'a Answer, name: &str) -> &'a str {
-    answer.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+    answer
+        .headers
+        .get(name)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or("")
 }
 
 #[tokio::test]
 async fn a_create_answers_201_with_a_request_id_and_millisecond_timestamps() {
     let emu = emulator().await;
-    let a = send(&emu.endpoint_url(), DEMO_ACCOUNT_ID, r#"{"Email":"jane@example.com","UserType":"PrivateUser"}"#, true).await;
+    let a = send(
+        &emu.endpoint_url(),
+        DEMO_ACCOUNT_ID,
+        r#"{"Email":"jane@example.com","UserType":"PrivateUser"}"#,
+        true,
+    )
+    .await;
     assert_eq!(a.status, 201);
     assert_eq!(header(&a, "content-type"), "application/json");
     assert_eq!(header(&a, "x-amzn-requestid").len(), 36);
@@ -131,14 +153,21 @@ async fn an_unknown_account_answers_404_not_found() {
 async fn admin_routes_answer_and_unknown_ones_404() {
     let emu = emulator().await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let get = |path: &str| http::Request::get(format!("{}{path}", emu.endpoint_url())).body(Full::default()).unwrap();
+    let get = |path: &str| {
+        http::Request::get(format!("{}{path}", emu.endpoint_url()))
+            .body(Full::default())
+            .unwrap()
+    };
     let health = client.request(get("/_emulator/health")).await.unwrap();
     assert_eq!(health.status(), 200);
     let requests = client.request(get("/_emulator/requests")).await.unwrap();
     assert_eq!(requests.status(), 200);
     let body = requests.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"[]", "admin calls are not recorded");
-    assert_eq!(client.request(get("/_emulator/nope")).await.unwrap().status(), 404);
+    assert_eq!(
+        client.request(get("/_emulator/nope")).await.unwrap().status(),
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,7 +192,9 @@ async fn parallel_creates_get_unique_ids_and_one_winner_per_email() {
     assert_eq!(ids.len(), 12, "exactly one winner per email");
     assert_eq!(conflicts, 48);
     assert_eq!(emu.user_count(DEMO_ACCOUNT_ID), Some(12));
-    let no_email: Vec<_> = (0..20).map(|_| create(&gw, request(None, UserType::SharedDevice))).collect();
+    let no_email: Vec<_> = (0..20)
+        .map(|_| create(&gw, request(None, UserType::SharedDevice)))
+        .collect();
     for call in no_email {
         assert!(ids.insert(call.await.unwrap().into_inner().user.unwrap().user_id));
     }
