@@ -97,6 +97,19 @@ pub async fn load_static_sdk_config(
         .await
 }
 
+/// The SDK's HTTPS client (rustls), keeping idle upstream connections for `pool_idle_timeout` so
+/// calls reuse them instead of paying a TCP and TLS handshake each.
+pub fn http_client(
+    pool_idle_timeout: std::time::Duration,
+) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .pool_idle_timeout(pool_idle_timeout)
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .build_https()
+}
+
 /// The attempts the gateway may make for a retryable failure: `AWS_MAX_ATTEMPTS` or the profile's
 /// `max_attempts`, as the SDKs document them.
 pub fn max_attempts(sdk_config: &SdkConfig) -> u32 {

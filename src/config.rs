@@ -3,12 +3,30 @@
 //! Owns parsing and checking only; it must not bind sockets or read AWS settings (the standard
 //! AWS variables are left to `aws-config`, which documents them).
 
-use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum, builder::BoolishValueParser};
 
 /// Env var for `--listen`.
 pub const ENV_LISTEN: &str = "CHIME_GATEWAY_LISTEN";
+/// Env var for `--metrics-listen`.
+pub const ENV_METRICS_LISTEN: &str = "CHIME_GATEWAY_METRICS_LISTEN";
+/// Env var for `--http2-keepalive-interval`.
+pub const ENV_HTTP2_KEEPALIVE_INTERVAL: &str = "CHIME_GATEWAY_HTTP2_KEEPALIVE_INTERVAL";
+/// Env var for `--http2-keepalive-timeout`.
+pub const ENV_HTTP2_KEEPALIVE_TIMEOUT: &str = "CHIME_GATEWAY_HTTP2_KEEPALIVE_TIMEOUT";
+/// Env var for `--max-connection-age`.
+pub const ENV_MAX_CONNECTION_AGE: &str = "CHIME_GATEWAY_MAX_CONNECTION_AGE";
+/// Env var for `--max-message-size`.
+pub const ENV_MAX_MESSAGE_SIZE: &str = "CHIME_GATEWAY_MAX_MESSAGE_SIZE";
+/// Env var for `--upstream-pool-idle-timeout`.
+pub const ENV_UPSTREAM_POOL_IDLE_TIMEOUT: &str = "CHIME_GATEWAY_UPSTREAM_POOL_IDLE_TIMEOUT";
+/// Env var for `--tls-cert`.
+pub const ENV_TLS_CERT: &str = "CHIME_GATEWAY_TLS_CERT";
+/// Env var for `--tls-key`.
+pub const ENV_TLS_KEY: &str = "CHIME_GATEWAY_TLS_KEY";
+/// Env var for `--tls-client-ca`.
+pub const ENV_TLS_CLIENT_CA: &str = "CHIME_GATEWAY_TLS_CLIENT_CA";
 /// Env var for `--upstream-timeout`.
 pub const ENV_UPSTREAM_TIMEOUT: &str = "CHIME_GATEWAY_UPSTREAM_TIMEOUT";
 /// Env var for `--default-deadline`.
@@ -34,6 +52,10 @@ pub struct Config {
     #[arg(long, env = ENV_LISTEN, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// Address the Prometheus metrics (`/metrics`) listen on.
+    #[arg(long, env = ENV_METRICS_LISTEN, default_value = "127.0.0.1:9464")]
+    pub metrics_listen: SocketAddr,
+
     /// Time limit of each upstream attempt (humantime: 500ms, 5s).
     #[arg(long, env = ENV_UPSTREAM_TIMEOUT, default_value = "5s", value_parser = positive_duration)]
     pub upstream_timeout: Duration,
@@ -54,6 +76,39 @@ pub struct Config {
     #[arg(long, env = ENV_EMULATE, value_parser = BoolishValueParser::new(), default_value = "false",
           num_args = 0..=1, default_missing_value = "true")]
     pub emulate: bool,
+
+    /// Interval of HTTP/2 PINGs to callers, to find dead connections.
+    #[arg(long, env = ENV_HTTP2_KEEPALIVE_INTERVAL, default_value = "30s", value_parser = positive_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a PING may go unanswered before the connection is closed.
+    #[arg(long, env = ENV_HTTP2_KEEPALIVE_TIMEOUT, default_value = "10s", value_parser = positive_duration)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Close caller connections gracefully after this age (unset: never), to rebalance.
+    #[arg(long, env = ENV_MAX_CONNECTION_AGE, value_parser = positive_duration)]
+    pub max_connection_age: Option<Duration>,
+
+    /// Largest request or response message, in bytes.
+    #[arg(long, env = ENV_MAX_MESSAGE_SIZE, default_value = "65536",
+          value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_message_size: u32,
+
+    /// How long an idle upstream connection is kept in the pool for reuse.
+    #[arg(long, env = ENV_UPSTREAM_POOL_IDLE_TIMEOUT, default_value = "90s", value_parser = positive_duration)]
+    pub upstream_pool_idle_timeout: Duration,
+
+    /// PEM certificate chain: serve TLS instead of plaintext (needs --tls-key).
+    #[arg(long, env = ENV_TLS_CERT, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = ENV_TLS_KEY, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: require and verify a client certificate signed by it (mTLS).
+    #[arg(long, env = ENV_TLS_CLIENT_CA, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Log line format.
     #[arg(long, env = ENV_LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
@@ -129,6 +184,9 @@ mod tests {
             &["--max-concurrency", "0"],
             &["--log-format", "xml"],
             &["--no-such-flag"],
+            &["--tls-cert", "cert.pem"],
+            &["--tls-client-ca", "ca.pem"],
+            &["--max-message-size", "10"],
         ] {
             let err = parse(args).unwrap_err();
             let line = one_line(&err);

@@ -74,6 +74,17 @@ pub enum UpstreamError {
     Construction(#[source] BoxError),
 }
 
+impl UpstreamError {
+    /// The HTTP status the upstream answered, when it answered at all.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            UpstreamError::Response(r) => Some(r.status),
+            UpstreamError::Unparseable { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
 /// How one kind of failure is answered: a row of the contract's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rule {

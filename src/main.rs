@@ -13,6 +13,7 @@ use chime_gateway::{
 };
 use clap::Parser;
 use tokio::net::TcpListener;
+use tonic::transport::ServerTlsConfig;
 
 /// Exit status for invalid configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -32,11 +33,22 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Reading the TLS files is part of checking the configuration: before any port is bound.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => match server::tls_config(cert, key, config.tls_client_ca.as_deref()) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("chime-gateway: cannot read TLS files: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        _ => None,
+    };
     telemetry::init(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
     let result = runtime
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(serve(config)));
+        .and_then(|rt| rt.block_on(serve(config, tls)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -46,11 +58,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, tls: Option<ServerTlsConfig>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let listen = listener.local_addr()?;
+    let metrics_listener = TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.metrics_listen))?;
+    let metrics_addr = metrics_listener.local_addr()?;
     // Kept alive for as long as the gateway serves.
     let mut _emulator = None;
     let sdk_config = if config.emulate {
@@ -69,7 +85,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         chime::load_sdk_config().await
     };
     let max_attempts = chime::max_attempts(&sdk_config);
-    let upstream = SdkUpstream::new(&sdk_config);
+    let http_client = chime::http_client(config.upstream_pool_idle_timeout);
+    let upstream =
+        SdkUpstream::from_builder(aws_sdk_chime::config::Builder::from(&sdk_config).http_client(http_client));
     let policy = CallPolicy {
         upstream_timeout: config.upstream_timeout,
         default_deadline: config.default_deadline,
@@ -78,11 +96,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let gateway = ChimeGateway::new(upstream, policy, config.max_concurrency.get());
     println!("chime-gateway: serving chime.v1.ChimeService on {listen}");
+    println!("chime-gateway: metrics on http://{metrics_addr}/metrics");
     if config.emulate {
         println!("chime-gateway: try it:\n  {}", try_it_line(listen));
     }
     let options = ServeOptions {
         shutdown_grace: config.shutdown_grace,
+        metrics_listener: Some(metrics_listener),
+        http2_keepalive: Some((config.http2_keepalive_interval, config.http2_keepalive_timeout)),
+        max_connection_age: config.max_connection_age,
+        max_message_size: config.max_message_size as usize,
+        tls,
     };
     server::run(listener, gateway, options, shutdown_signal()).await?;
     Ok(())

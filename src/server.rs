@@ -1,18 +1,27 @@
 //! Assembles the gRPC server on one port (ChimeService, `grpc.health.v1`, reflection v1 and
-//! v1alpha) and owns its lifecycle: serve until the shutdown future resolves, then report
-//! NOT_SERVING, stop accepting, and give in-flight calls the grace period.
+//! v1alpha), the Prometheus port beside it, and owns their lifecycle: serve until the shutdown
+//! future resolves, then report NOT_SERVING, stop accepting, give in-flight calls the grace period,
+//! and cancel what is left.
 //!
-//! `run` takes an already-bound listener, so tests start exactly the server production runs.
+//! `run` takes already-bound listeners, so tests start exactly the server production runs.
 
-use std::{future::Future, time::Duration};
+use std::{convert::Infallible, future::Future, path::Path, sync::Arc, time::Duration};
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     chime::Upstream,
+    metrics::{GrpcMetricsLayer, Metrics},
     pb::{self, chime::v1::chime_service_server::ChimeServiceServer},
     service::ChimeGateway,
 };
@@ -24,10 +33,34 @@ pub use crate::pb::chime::v1::chime_service_server::SERVICE_NAME;
 const CANCEL_FLUSH: Duration = Duration::from_secs(1);
 
 /// Settings of the server itself.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServeOptions {
     /// How long in-flight calls may run once shutdown begins.
     pub shutdown_grace: Duration,
+    /// Where `/metrics` is served; `None` serves no metrics port.
+    pub metrics_listener: Option<TcpListener>,
+    /// HTTP/2 PING interval and timeout towards callers.
+    pub http2_keepalive: Option<(Duration, Duration)>,
+    /// Connections older than this are closed gracefully.
+    pub max_connection_age: Option<Duration>,
+    /// Largest request or response message, in bytes.
+    pub max_message_size: usize,
+    /// TLS (and mTLS) for the API port; plaintext when `None`.
+    pub tls: Option<ServerTlsConfig>,
+}
+
+impl ServeOptions {
+    /// Plaintext, no metrics port, the default limits and the given grace.
+    pub fn with_grace(shutdown_grace: Duration) -> Self {
+        Self {
+            shutdown_grace,
+            metrics_listener: None,
+            http2_keepalive: Some((Duration::from_secs(30), Duration::from_secs(10))),
+            max_connection_age: None,
+            max_message_size: 64 * 1024,
+            tls: None,
+        }
+    }
 }
 
 /// Why the server stopped with an error.
@@ -39,6 +72,20 @@ pub enum ServeError {
     /// The reflection descriptors could not be loaded.
     #[error("reflection descriptors are invalid")]
     Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Reads the PEM files of `--tls-cert`, `--tls-key` and `--tls-client-ca`.
+pub fn tls_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> std::io::Result<ServerTlsConfig> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = client_ca {
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(false);
+    }
+    Ok(tls)
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains within the grace.
@@ -55,29 +102,62 @@ pub async fn run<U: Upstream>(
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
+    let metrics = gateway.metrics();
+    let metrics_task = options
+        .metrics_listener
+        .map(|l| tokio::spawn(serve_metrics(l, metrics.clone())));
     let canceller = gateway.canceller();
+    let api = ChimeServiceServer::new(gateway)
+        .max_decoding_message_size(options.max_message_size)
+        .max_encoding_message_size(options.max_message_size);
+    let mut builder = Server::builder();
+    if let Some(tls) = options.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    if let Some(age) = options.max_connection_age {
+        builder = builder.max_connection_age(age);
+    }
+    let (interval, timeout) = options.http2_keepalive.unzip();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = Server::builder()
+    let server = builder
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(interval)
+        .http2_keepalive_timeout(timeout)
+        // Counts every call, outermost so it sees the final code of each.
+        .layer(GrpcMetricsLayer::new(metrics))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(ChimeServiceServer::new(gateway))
+        .add_service(api)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return Ok(result?),
-        () = shutdown => {}
+    let result = tokio::select! {
+        result = &mut server => result.map_err(ServeError::from),
+        () = shutdown => drain(server, &health, stop_tx, options.shutdown_grace, || canceller.cancel()).await,
+    };
+    if let Some(task) = metrics_task {
+        task.abort();
     }
-    set_status(&health, ServingStatus::NotServing).await;
-    let _ = stop_tx.send(());
-    tracing::info!(grace = ?options.shutdown_grace, "shutting down: draining in-flight calls");
-    if let Ok(result) = tokio::time::timeout(options.shutdown_grace, &mut server).await {
+    result
+}
+
+async fn drain<F: Future<Output = Result<(), tonic::transport::Error>>>(
+    mut server: std::pin::Pin<&mut F>,
+    health: &HealthReporter,
+    stop: tokio::sync::oneshot::Sender<()>,
+    grace: Duration,
+    cancel: impl FnOnce(),
+) -> Result<(), ServeError> {
+    set_status(health, ServingStatus::NotServing).await;
+    let _ = stop.send(());
+    tracing::info!(?grace, "shutting down: draining in-flight calls");
+    if let Ok(result) = tokio::time::timeout(grace, &mut server).await {
         return Ok(result?);
     }
     tracing::warn!("shutdown grace elapsed: cancelling the calls still in flight");
-    canceller.cancel();
+    cancel();
     match tokio::time::timeout(CANCEL_FLUSH, server).await {
         Ok(result) => Ok(result?),
         Err(_) => Ok(()),
@@ -87,4 +167,46 @@ pub async fn run<U: Upstream>(
 async fn set_status(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
     health.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Serves `GET /metrics` (OpenMetrics text) until aborted.
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let metrics = metrics.clone();
+            async move { Ok::<_, Infallible>(metrics_response(request.uri().path(), &metrics)) }
+        });
+        tokio::spawn(async move {
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn metrics_response(path: &str, metrics: &Metrics) -> http::Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => (
+            http::StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        _ => (
+            http::StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics\n".to_owned(),
+        ),
+    };
+    let mut response = http::Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    response
 }

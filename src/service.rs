@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, metadata::MetadataMap, metadata::Metadata
 use crate::{
     chime::{Created, Upstream},
     error::{self, CallError, REQUEST_ID_KEY, UpstreamError},
+    metrics::Metrics,
     pb::chime::v1::{CreateUserRequest, CreateUserResponse, chime_service_server::ChimeService},
     translate, validate,
 };
@@ -76,6 +77,7 @@ pub struct ChimeGateway<U> {
     policy: CallPolicy,
     permits: Arc<Semaphore>,
     cancel: Arc<watch::Sender<bool>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Ends every call still in flight with UNAVAILABLE: the last step of a shutdown whose grace ran out.
@@ -97,7 +99,13 @@ impl<U: Upstream> ChimeGateway<U> {
             policy,
             permits: Arc::new(Semaphore::new(max_concurrency)),
             cancel: Arc::new(watch::Sender::new(false)),
+            metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// The metrics this gateway records into, for the server's layer and the metrics port.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The handle that cancels this gateway's calls.
@@ -121,16 +129,17 @@ impl<U: Upstream> ChimeGateway<U> {
         let attempt_loop = async {
             loop {
                 attempts += 1;
-                let error = match timeout(
-                    self.policy.upstream_timeout,
-                    self.upstream.create_user(input.clone()),
-                )
-                .await
-                {
-                    Ok(Ok(created)) => return Ok(created),
+                let meter = self.metrics.upstream_started(attempts > 1);
+                let sent = self.upstream.create_user(input.clone());
+                let error = match timeout(self.policy.upstream_timeout, sent).await {
+                    Ok(Ok(created)) => {
+                        meter.finish(Some(201));
+                        return Ok(created);
+                    }
                     Ok(Err(error)) => error,
                     Err(_) => UpstreamError::AttemptTimeout,
                 };
+                meter.finish(error.http_status());
                 if let Some(wait) = self.retry_wait(&error, attempts, deadline) {
                     sleep(wait).await;
                     continue;

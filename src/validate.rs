@@ -127,6 +127,42 @@ mod tests {
         assert_eq!(fields(validate(&request("a", None, -1))), ["user_type"]);
     }
 
+    /// `.*\S.*` searched unanchored, without a regex: some character is not white space.
+    fn account_oracle(s: &str) -> bool {
+        s.chars().any(|c| !c.is_whitespace())
+    }
+
+    /// `.+@.+\..+` searched unanchored, without a regex: on one line (`.` never matches `\n`),
+    /// an `@` with a character before it, then (after at least one character) a `.` with a
+    /// character after it.
+    fn email_oracle(s: &str) -> bool {
+        s.split('\n').any(|line| {
+            let chars: Vec<char> = line.chars().collect();
+            let n = chars.len();
+            (1..n).any(|at| chars[at] == '@' && (at + 2..n.saturating_sub(1)).any(|dot| chars[dot] == '.'))
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn account_id_validation_agrees_with_the_model(s in "[ \t\n\r\u{a0}\u{2003}a-c]{0,6}|\\PC{0,12}") {
+            let r = request(&s, None, 0);
+            proptest::prop_assert_eq!(validate(&r).is_ok(), account_oracle(&s));
+        }
+
+        #[test]
+        fn email_validation_agrees_with_the_model(s in "[a@.\n ]{0,10}|\\PC{0,16}") {
+            let r = request("acct", Some(&s), 0);
+            proptest::prop_assert_eq!(validate(&r).is_ok(), email_oracle(&s), "{:?}", s);
+        }
+
+        #[test]
+        fn only_known_user_types_pass(v in proptest::num::i32::ANY) {
+            let r = request("acct", None, v);
+            proptest::prop_assert_eq!(validate(&r).is_ok(), (0..=2).contains(&v));
+        }
+    }
+
     #[test]
     fn every_violation_is_reported_at_once() {
         let r = request("", Some("nope"), 9);

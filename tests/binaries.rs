@@ -114,7 +114,13 @@ async fn help_exits_0_and_names_every_setting() {
 #[tokio::test]
 async fn emulate_serves_and_sigterm_finishes_the_call_in_flight_then_exits_0() {
     let mut child = command(GATEWAY)
-        .args(["--emulate", "--listen", "127.0.0.1:0"])
+        .args([
+            "--emulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -205,4 +211,218 @@ async fn the_emulator_binary_refuses_a_bad_setting_with_64() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert_eq!(String::from_utf8(out.stderr).unwrap().lines().count(), 1);
+}
+
+/// A gateway process and everything it wrote to stderr, read as it comes so it never blocks.
+struct Running {
+    child: Child,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+/// Starts `chime-gateway --emulate` with extra args/env, returns the process and its API address.
+async fn start_emulated(args: &[&str], env: &[(&str, &str)]) -> (Running, String) {
+    let (running, listen, _) = start_emulated_with_emulator(args, env).await;
+    (running, listen)
+}
+
+/// As [`start_emulated`], also returning the in-process emulator's URL.
+async fn start_emulated_with_emulator(args: &[&str], env: &[(&str, &str)]) -> (Running, String, String) {
+    let mut cmd = command(GATEWAY);
+    cmd.args([
+        "--emulate",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ])
+    .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut pipe = child.stderr.take().unwrap();
+    let stderr = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut text).await;
+        text
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut emulator, mut listen) = (String::new(), String::new());
+    while listen.is_empty() {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the gateway printed its addresses");
+        if let Some((_, rest)) = line.split_once("emulator listening on ") {
+            emulator = rest.trim().to_owned();
+        }
+        if let Some((_, rest)) = line.split_once("serving chime.v1.ChimeService on ") {
+            listen = rest.trim().to_owned();
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (Running { child, stderr }, listen, emulator)
+}
+
+async fn stderr_after_sigterm(mut running: Running) -> String {
+    sigterm(&running.child);
+    let status = tokio::time::timeout(Duration::from_secs(10), running.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    running.stderr.await.unwrap()
+}
+
+#[tokio::test]
+async fn logs_at_debug_never_contain_emails_or_display_names() {
+    let (child, listen) = start_emulated(&[], &[("RUST_LOG", "debug")]).await;
+    let mut client = ChimeServiceClient::connect(format!("http://{listen}"))
+        .await
+        .unwrap();
+    let email = "leaky.marker.4417@example.com";
+    let request = CreateUserRequest {
+        account_id: DEMO_ACCOUNT_ID.into(),
+        email: Some(email.into()),
+        username: Some("Zebulon Marker-Name".into()),
+        user_type: UserType::PrivateUser as i32,
+    };
+    client.create_user(request.clone()).await.unwrap();
+    client.create_user(request.clone()).await.unwrap_err();
+    let invalid = CreateUserRequest {
+        email: Some("bad.marker.4417".into()),
+        ..request
+    };
+    client.create_user(invalid).await.unwrap_err();
+    let logs = stderr_after_sigterm(child).await;
+    assert!(logs.lines().count() > 20, "debug logging was on:\n{logs}");
+    assert!(logs.contains("call finished"), "{logs}");
+    for secret in ["marker.4417", "Zebulon", "Marker-Name", "wJalrXUtnFEMI"] {
+        assert!(!logs.contains(secret), "{secret} leaked into the logs");
+    }
+}
+
+#[tokio::test]
+async fn json_logs_have_one_object_per_call_with_its_outcome() {
+    let (child, listen) = start_emulated(&["--log-format", "json"], &[]).await;
+    let mut client = ChimeServiceClient::connect(format!("http://{listen}"))
+        .await
+        .unwrap();
+    let request = CreateUserRequest {
+        account_id: "no-such-account".into(),
+        ..Default::default()
+    };
+    client.create_user(request).await.unwrap_err();
+    let logs = stderr_after_sigterm(child).await;
+    let calls: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
+        .filter(|v| v["message"] == "call finished")
+        .collect();
+    assert_eq!(calls.len(), 1, "{logs}");
+    let call = &calls[0];
+    assert_eq!(call["method"], "CreateUser");
+    assert_eq!(call["grpc_code"], "NotFound");
+    assert_eq!(call["upstream_status"], 404);
+    assert_eq!(call["attempts"], 1);
+    assert_eq!(call["aws_request_id"].as_str().unwrap().len(), 36);
+    assert!(call["latency_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn unreadable_tls_files_exit_64_before_binding() {
+    let out = command(GATEWAY)
+        .args([
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/cert.pem"), "{stderr}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_fast_with_bounded_memory_and_the_gateway_recovers() {
+    let (child, listen, emulator) = start_emulated_with_emulator(&["--max-concurrency", "4"], &[]).await;
+    let pid = child.child.id().unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{listen}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client = ChimeServiceClient::new(channel);
+    let request = |i: usize| CreateUserRequest {
+        account_id: DEMO_ACCOUNT_ID.into(),
+        email: Some(format!("load{i}@example.com")),
+        username: None,
+        user_type: UserType::PrivateUser as i32,
+    };
+    client.clone().create_user(request(0)).await.unwrap();
+    // A slow upstream: each call that gets through holds its permit for 300 ms.
+    let slow = r#"{"fault": {"kind": "latency", "millis": 300}, "times": 20}"#;
+    assert_eq!(
+        post_json(&format!("{emulator}/_emulator/faults"), slow).await,
+        204
+    );
+    let before = rss_kib(pid);
+    let mut shed_latencies = Vec::new();
+    let mut ok = 0;
+    for round in 0..5 {
+        let calls: Vec<_> = (0..400)
+            .map(|i| {
+                let mut c = client.clone();
+                let r = request(1 + round * 400 + i);
+                tokio::spawn(async move {
+                    let started = std::time::Instant::now();
+                    (
+                        c.create_user(r).await.map(|_| ()).map_err(|s| s.code()),
+                        started.elapsed(),
+                    )
+                })
+            })
+            .collect();
+        for call in calls {
+            match call.await.unwrap() {
+                (Ok(()), _) => ok += 1,
+                (Err(tonic::Code::Unavailable), took) => shed_latencies.push(took),
+                (Err(code), _) => panic!("only OK or the shedding UNAVAILABLE, got {code:?}"),
+            }
+        }
+    }
+    let after = rss_kib(pid);
+    assert!(
+        !shed_latencies.is_empty(),
+        "2000 concurrent calls over a limit of 4 were shed"
+    );
+    assert!((4..=40).contains(&ok), "the limit of 4 held: {ok} OK");
+    assert!(shed_latencies.len() >= 1900, "{} shed", shed_latencies.len());
+    shed_latencies.sort();
+    let median = shed_latencies[shed_latencies.len() / 2];
+    assert!(
+        median < Duration::from_secs(1),
+        "shed calls come back fast: median {median:?}"
+    );
+    assert!(
+        after < before + 64 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    client
+        .clone()
+        .create_user(request(99_999))
+        .await
+        .expect("recovers when load drops");
+    stderr_after_sigterm(child).await;
 }

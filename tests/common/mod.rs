@@ -46,13 +46,20 @@ impl Gateway {
         max_concurrency: usize,
         grace: Duration,
     ) -> Self {
+        Self::start_with(upstream, policy, max_concurrency, ServeOptions::with_grace(grace)).await
+    }
+
+    /// Starts the real server with any upstream and server options.
+    pub async fn start_with<U: Upstream>(
+        upstream: U,
+        policy: CallPolicy,
+        max_concurrency: usize,
+        options: ServeOptions,
+    ) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let gateway = ChimeGateway::new(upstream, policy, max_concurrency);
         let (stop, stopped) = oneshot::channel::<()>();
-        let options = ServeOptions {
-            shutdown_grace: grace,
-        };
         let task = tokio::spawn(server::run(listener, gateway, options, async {
             let _ = stopped.await;
         }));
@@ -67,6 +74,13 @@ impl Gateway {
     pub async fn in_front_of(emulator: &Emulator, policy: CallPolicy) -> Self {
         let (key, secret) = emulator.credentials();
         Self::at_endpoint(&emulator.endpoint_url(), key, secret, policy).await
+    }
+
+    /// Starts the real server in front of `emulator` with server options.
+    pub async fn in_front_with(emulator: &Emulator, options: ServeOptions) -> Self {
+        let (key, secret) = emulator.credentials();
+        let sdk_config = chime::load_static_sdk_config(&emulator.endpoint_url(), key, secret).await;
+        Self::start_with(SdkUpstream::new(&sdk_config), policy(), 64, options).await
     }
 
     /// Starts the real server in front of any endpoint.

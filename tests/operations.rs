@@ -1,0 +1,204 @@
+//! What an SRE relies on: Prometheus metrics, the message size limit, TLS and mTLS.
+
+mod common;
+
+use std::time::Duration;
+
+use chime_gateway::{pb::chime::v1::UserType, server::ServeOptions};
+use common::{Gateway, emulator, request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tokio::net::TcpListener;
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
+
+async fn scrape(url: &str) -> (u16, String, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let response = client.get(url.parse().unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, content_type, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn metrics_use_the_go_grpc_prometheus_names_and_count_upstream_attempts() {
+    let emu = emulator().await;
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/metrics", metrics.local_addr().unwrap());
+    let mut options = ServeOptions::with_grace(Duration::from_secs(1));
+    options.metrics_listener = Some(metrics);
+    let gw = Gateway::in_front_with(&emu, options).await;
+    let mut client = gw.client().await;
+    client
+        .create_user(request(Some("m@example.com"), UserType::PrivateUser))
+        .await
+        .unwrap();
+    let dup = client
+        .create_user(request(Some("m@example.com"), UserType::PrivateUser))
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    let invalid = client
+        .create_user(request(Some("nope"), UserType::PrivateUser))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+
+    let (status, content_type, text) = scrape(&url).await;
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let labels = r#"grpc_type="unary",grpc_service="chime.v1.ChimeService",grpc_method="CreateUser""#;
+    for line in [
+        format!("grpc_server_started_total{{{labels}}} 3"),
+        format!("grpc_server_handled_total{{{labels},grpc_code=\"OK\"}} 1"),
+        format!("grpc_server_handled_total{{{labels},grpc_code=\"AlreadyExists\"}} 1"),
+        format!("grpc_server_handled_total{{{labels},grpc_code=\"InvalidArgument\"}} 1"),
+        format!("grpc_server_handling_seconds_count{{{labels}}} 3"),
+        "chime_upstream_requests_total{http_status=\"201\"} 1".to_owned(),
+        "chime_upstream_requests_total{http_status=\"409\"} 1".to_owned(),
+        "chime_upstream_request_seconds_count 2".to_owned(),
+        "grpc_server_in_flight 0".to_owned(),
+        "chime_upstream_in_flight 0".to_owned(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+    assert_eq!(scrape(&url.replace("/metrics", "/other")).await.0, 404);
+}
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_refused() {
+    let emu = emulator().await;
+    let mut options = ServeOptions::with_grace(Duration::from_secs(1));
+    options.max_message_size = 2048;
+    let gw = Gateway::in_front_with(&emu, options).await;
+    let mut req = request(None, UserType::Unspecified);
+    req.username = Some("x".repeat(4096));
+    let status = gw.client().await.create_user(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(emu.requests().is_empty());
+}
+
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn pki() -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        ca: ca_cert.pem(),
+        server: leaf("localhost"),
+        client: leaf("caller.example"),
+    }
+}
+
+async fn tls_gateway(pki: &Pki, dir: &std::path::Path) -> (Gateway, chime_gateway::emulator::Emulator) {
+    let write = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        path
+    };
+    let tls = chime_gateway::server::tls_config(
+        &write("server.pem", &pki.server.0),
+        &write("server.key", &pki.server.1),
+        Some(&write("ca.pem", &pki.ca)),
+    )
+    .unwrap();
+    let emu = emulator().await;
+    let mut options = ServeOptions::with_grace(Duration::from_secs(1));
+    options.tls = Some(tls);
+    (Gateway::in_front_with(&emu, options).await, emu)
+}
+
+async fn tls_channel(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    with_identity: bool,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca))
+        .domain_name("localhost");
+    if with_identity {
+        tls = tls.identity(Identity::from_pem(&pki.client.0, &pki.client.1));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("chime-gateway-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn mtls_accepts_a_caller_with_a_client_certificate() {
+    let pki = pki();
+    let (gw, _emu) = tls_gateway(&pki, &temp_dir("mtls-ok")).await;
+    let channel = tls_channel(gw.addr, &pki, true).await.unwrap();
+    let mut client = chime_gateway::pb::chime::v1::chime_service_client::ChimeServiceClient::new(channel);
+    client
+        .create_user(request(Some("tls@example.com"), UserType::PrivateUser))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn mtls_refuses_a_caller_without_a_client_certificate() {
+    let pki = pki();
+    let (gw, emu) = tls_gateway(&pki, &temp_dir("mtls-refused")).await;
+    let refused = match tls_channel(gw.addr, &pki, false).await {
+        Err(_) => true,
+        Ok(channel) => {
+            let mut client =
+                chime_gateway::pb::chime::v1::chime_service_client::ChimeServiceClient::new(channel);
+            client
+                .create_user(request(None, UserType::Unspecified))
+                .await
+                .is_err()
+        }
+    };
+    assert!(refused);
+    assert!(emu.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_plaintext_caller_is_refused_by_a_tls_port() {
+    let pki = pki();
+    let (gw, emu) = tls_gateway(&pki, &temp_dir("plaintext")).await;
+    let plain = Channel::from_shared(format!("http://{}", gw.addr))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let mut client = chime_gateway::pb::chime::v1::chime_service_client::ChimeServiceClient::new(channel);
+        client
+            .create_user(request(None, UserType::Unspecified))
+            .await
+            .unwrap_err();
+    }
+    assert!(emu.requests().is_empty());
+}
