@@ -19,6 +19,7 @@ pub mod chime;
 pub mod config;
 pub mod emulator;
 pub mod error;
+pub mod fuzzing;
 pub mod metrics;
 pub mod pb;
 pub mod server;

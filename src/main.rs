@@ -44,11 +44,15 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    telemetry::init(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
-    let result = runtime
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(serve(config, tls)));
+    let result = runtime.map_err(anyhow::Error::from).and_then(|rt| {
+        rt.block_on(async {
+            let telemetry = telemetry::init(config.log_format)?;
+            let served = serve(config, tls).await;
+            telemetry.shutdown();
+            served
+        })
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -18,8 +18,10 @@ use crate::{
     error::{self, CallError, REQUEST_ID_KEY, UpstreamError},
     metrics::Metrics,
     pb::chime::v1::{CreateUserRequest, CreateUserResponse, chime_service_server::ChimeService},
-    translate, validate,
+    telemetry, translate, validate,
 };
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The gateway answers this long before the caller's deadline, so its DEADLINE_EXCEEDED (with
 /// details) reaches the caller, and tonic's transport timeout (which answers CANCELLED) never
@@ -130,7 +132,13 @@ impl<U: Upstream> ChimeGateway<U> {
             loop {
                 attempts += 1;
                 let meter = self.metrics.upstream_started(attempts > 1);
-                let sent = self.upstream.create_user(input.clone());
+                let attempt_span = tracing::info_span!(
+                    "chime.upstream_attempt",
+                    otel.kind = "client",
+                    rpc.system = "aws-api",
+                    attempt = attempts,
+                );
+                let sent = self.upstream.create_user(input.clone()).instrument(attempt_span);
                 let error = match timeout(self.policy.upstream_timeout, sent).await {
                     Ok(Ok(created)) => {
                         meter.finish(Some(201));
@@ -175,6 +183,23 @@ impl<U: Upstream> ChimeService for ChimeGateway<U> {
         request: Request<CreateUserRequest>,
     ) -> Result<Response<CreateUserResponse>, Status> {
         let started = Instant::now();
+        let span = tracing::info_span!(
+            "chime.v1.ChimeService/CreateUser",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let _ = span.set_parent(telemetry::caller_context(request.metadata()));
+        self.create_user_in(request, started).instrument(span).await
+    }
+}
+
+impl<U: Upstream> ChimeGateway<U> {
+    async fn create_user_in(
+        &self,
+        request: Request<CreateUserRequest>,
+        started: Instant,
+    ) -> Result<Response<CreateUserResponse>, Status> {
         let budget = caller_timeout(request.metadata()).unwrap_or(self.policy.default_deadline);
         let deadline = started + budget.saturating_sub(DEADLINE_MARGIN);
         let mut cancelled = self.cancel.subscribe();
@@ -182,6 +207,8 @@ impl<U: Upstream> ChimeService for ChimeGateway<U> {
             outcome = self.handle(request.into_inner(), deadline) => outcome,
             _ = cancelled.wait_for(|c| *c) => (Err(CallError::ShuttingDown), 0),
         };
+        let code = result.as_ref().map_or_else(CallError::code, |_| tonic::Code::Ok);
+        tracing::Span::current().record("rpc.grpc.status_code", code as i32);
         log_call(&result, attempts, started.elapsed());
         let created = result.map_err(|e| e.to_status())?;
         let request_id = created
