@@ -1,0 +1,155 @@
+//! A ghz-like load generator: closed loop (fixed concurrency) or open loop (fixed rate), every call
+//! with a unique email, latencies in an HDR histogram and a count per gRPC code.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A process-unique number for a call's email.
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub requests: u64,
+    pub seconds: f64,
+    pub rps: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub codes: BTreeMap<String, u64>,
+    /// p50 and p99 of the calls answered with a code other than OK, in microseconds.
+    pub failed_p50_us: u64,
+    pub failed_p99_us: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: Option<Histogram<u64>>,
+    failed: Option<Histogram<u64>>,
+    all: Option<Histogram<u64>>,
+    codes: BTreeMap<String, u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).unwrap()
+}
+
+impl Tally {
+    fn record(&mut self, code: &str, took: Duration) {
+        let us = (took.as_micros() as u64).clamp(1, 120_000_000);
+        self.all.get_or_insert_with(histogram).record(us).unwrap();
+        let which = if code == "OK" {
+            &mut self.ok
+        } else {
+            &mut self.failed
+        };
+        which.get_or_insert_with(histogram).record(us).unwrap();
+        *self.codes.entry(code.to_owned()).or_default() += 1;
+    }
+
+    fn merge(&mut self, other: Tally) {
+        for (mine, theirs) in [
+            (&mut self.ok, other.ok),
+            (&mut self.failed, other.failed),
+            (&mut self.all, other.all),
+        ] {
+            if let Some(h) = theirs {
+                mine.get_or_insert_with(histogram).add(h).unwrap();
+            }
+        }
+        for (k, v) in other.codes {
+            *self.codes.entry(k).or_default() += v;
+        }
+    }
+
+    fn finish(self, elapsed: Duration) -> Run {
+        let all = self.all.unwrap_or_else(histogram);
+        let failed = self.failed.unwrap_or_else(histogram);
+        let seconds = elapsed.as_secs_f64();
+        Run {
+            requests: all.len(),
+            seconds,
+            rps: all.len() as f64 / seconds,
+            p50_us: all.value_at_quantile(0.5),
+            p90_us: all.value_at_quantile(0.9),
+            p99_us: all.value_at_quantile(0.99),
+            p999_us: all.value_at_quantile(0.999),
+            max_us: all.max(),
+            codes: self.codes,
+            failed_p50_us: failed.value_at_quantile(0.5),
+            failed_p99_us: failed.value_at_quantile(0.99),
+        }
+    }
+}
+
+/// `concurrency` workers, each calling back to back until `duration` is over.
+pub async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, call: F) -> Run
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = String> + Send,
+{
+    let started = Instant::now();
+    let end = started + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    let code = call(next_id()).await;
+                    tally.record(&code, t.elapsed());
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut tally = Tally::default();
+    for w in workers {
+        tally.merge(w.await.unwrap());
+    }
+    tally.finish(started.elapsed())
+}
+
+/// Calls started at a fixed `rate` per second for `duration`, whatever the answers' latency.
+pub async fn open_loop<F, Fut>(rate: f64, duration: Duration, call: F) -> Run
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = String> + Send + 'static,
+{
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut calls = Vec::new();
+    while started.elapsed() < duration {
+        ticker.tick().await;
+        let (call, tally) = (call.clone(), tally.clone());
+        calls.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let code = call(next_id()).await;
+            tally.lock().unwrap().record(&code, t.elapsed());
+        }));
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    tally.finish(started.elapsed())
+}

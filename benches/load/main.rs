@@ -1,0 +1,236 @@
+//! `cargo bench --bench load`: the gateway's cost against the floor it cannot avoid, measured side
+//! by side in one run so ratios hold on a noisy machine. Writes `target/bench/results.json` and
+//! the results section of `BENCHMARKS.md`.
+//!
+//! Scenarios, all on loopback, the emulator in its own process:
+//! 1. `sdk-alone`: the AWS SDK calling the emulator from this process (no gRPC hop);
+//! 2. `gateway`: a tonic client -> the gateway process -> the emulator;
+//! 3. `bare-tonic`: a tonic server answering a fixed response (the gRPC-only floor);
+//! 4. `*-half`: 1 and 2 at a fixed rate of half the gateway's saturated rate;
+//! 5. `overload`: 10x the gateway's concurrency limit against a slow emulator;
+//! 6. `in-flight-1000`: 1,000 calls held in flight by a slow emulator.
+//!
+//! Settings: `BENCH_SECONDS` (per scenario, default 5), `BENCH_CONCURRENCY` (default 32).
+
+mod generator;
+mod procs;
+mod report;
+
+use std::time::{Duration, Instant};
+
+use chime_gateway::{
+    chime::{self, SdkUpstream, Upstream},
+    error,
+    pb::chime::v1::{
+        CreateUserRequest, CreateUserResponse, User, UserType,
+        chime_service_client::ChimeServiceClient,
+        chime_service_server::{ChimeService, ChimeServiceServer},
+    },
+    translate,
+};
+use generator::{Run, closed_loop, open_loop};
+use report::{Report, Scenario};
+use tonic::transport::Channel;
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn request(id: u64) -> CreateUserRequest {
+    CreateUserRequest {
+        account_id: chime_gateway::emulator::DEMO_ACCOUNT_ID.into(),
+        email: Some(format!("bench-{}-{id}@example.com", std::process::id())),
+        username: None,
+        user_type: UserType::PrivateUser as i32,
+    }
+}
+
+async fn grpc_client(addr: &str) -> ChimeServiceClient<Channel> {
+    ChimeServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+fn grpc_call(
+    client: ChimeServiceClient<Channel>,
+) -> impl Fn(u64) -> futures_call::Call + Clone + Send + 'static {
+    move |id| {
+        let mut c = client.clone();
+        Box::pin(async move {
+            match c.create_user(request(id)).await {
+                Ok(_) => "OK".to_owned(),
+                Err(s) => format!("{:?}", s.code()),
+            }
+        })
+    }
+}
+
+fn sdk_call(
+    upstream: std::sync::Arc<SdkUpstream>,
+) -> impl Fn(u64) -> futures_call::Call + Clone + Send + 'static {
+    move |id| {
+        let up = upstream.clone();
+        Box::pin(async move {
+            match up.create_user(translate::to_input(request(id))).await {
+                Ok(_) => "OK".to_owned(),
+                Err(e) => format!("{:?}", error::rule(&e).code),
+            }
+        })
+    }
+}
+
+mod futures_call {
+    pub type Call = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
+}
+
+/// Runs `f` while measuring the CPU time of `pid` (or of this process).
+async fn with_cpu<F: std::future::Future<Output = Run>>(pid: Option<u32>, f: F) -> (Run, f64) {
+    let before = procs::cpu_time(pid);
+    let run = f.await;
+    let used = procs::cpu_time(pid) - before;
+    let per_call = used.as_secs_f64() * 1e6 / run.requests.max(1) as f64;
+    (run, per_call)
+}
+
+async fn suite() {
+    let seconds = Duration::from_secs(setting("BENCH_SECONDS", 5));
+    let concurrency = setting("BENCH_CONCURRENCY", 32) as usize;
+    let emulator = procs::emulator().await;
+    let mut report = Report::new(seconds, concurrency);
+
+    let (gateway, startup) = procs::gateway(&emulator.addr, &[]).await;
+    report.startup_ms = startup.as_secs_f64() * 1e3;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    report.idle_rss_kib = procs::status_kib(gateway.pid(), "VmRSS");
+
+    let sdk = chime::load_static_sdk_config(&emulator.addr, procs::KEY_ID, procs::SECRET).await;
+    let builder =
+        aws_sdk_chime::config::Builder::from(&sdk).http_client(chime::http_client(Duration::from_secs(90)));
+    let upstream = std::sync::Arc::new(SdkUpstream::from_builder(builder));
+    let sdk_fn = sdk_call(upstream);
+    let gw_fn = grpc_call(grpc_client(&gateway.addr).await);
+
+    // Warm both paths' connection pools.
+    closed_loop(concurrency, Duration::from_millis(500), sdk_fn.clone()).await;
+    closed_loop(concurrency, Duration::from_millis(500), gw_fn.clone()).await;
+
+    let label = format!("closed loop, {concurrency} concurrent");
+    let (run, cpu) = with_cpu(None, closed_loop(concurrency, seconds, sdk_fn.clone())).await;
+    report.push(Scenario::new("sdk-alone", &label, run).cpu(cpu));
+    let (run, cpu) = with_cpu(
+        Some(gateway.pid()),
+        closed_loop(concurrency, seconds, gw_fn.clone()),
+    )
+    .await;
+    let saturated = run.rps;
+    report.push(
+        Scenario::new("gateway", &label, run)
+            .cpu(cpu)
+            .rss(procs::status_kib(gateway.pid(), "VmHWM")),
+    );
+
+    let bare = procs::bare_server().await;
+    let bare_fn = grpc_call(grpc_client(&bare.addr).await);
+    closed_loop(concurrency, Duration::from_millis(500), bare_fn.clone()).await;
+    let (run, cpu) = with_cpu(Some(bare.pid()), closed_loop(concurrency, seconds, bare_fn)).await;
+    report.push(Scenario::new("bare-tonic", &label, run).cpu(cpu));
+    drop(bare);
+
+    let rate = (saturated / 2.0).max(1.0);
+    let label = format!("open loop, {rate:.0}/s (half of saturation)");
+    let (run, cpu) = with_cpu(None, open_loop(rate, seconds, sdk_fn)).await;
+    report.push(Scenario::new("sdk-alone-half", &label, run).cpu(cpu));
+    let (run, cpu) = with_cpu(Some(gateway.pid()), open_loop(rate, seconds, gw_fn)).await;
+    report.push(Scenario::new("gateway-half", &label, run).cpu(cpu));
+    drop(gateway);
+
+    overload(&emulator.addr, seconds, &mut report).await;
+    in_flight(&emulator.addr, seconds, &mut report).await;
+    report.write();
+}
+
+/// 10x the concurrency limit against an emulator slowed to 20 ms a call.
+async fn overload(emulator: &str, seconds: Duration, report: &mut Report) {
+    let limit = 16;
+    let (gateway, _) = procs::gateway(emulator, &["--max-concurrency", &limit.to_string()]).await;
+    procs::inject(
+        emulator,
+        r#"{"fault": {"kind": "latency", "millis": 20}, "times": 100000000}"#,
+    )
+    .await;
+    let call = grpc_call(grpc_client(&gateway.addr).await);
+    let label = format!("closed loop, {} concurrent, limit {limit}", limit * 10);
+    let (run, cpu) = with_cpu(Some(gateway.pid()), closed_loop(limit * 10, seconds, call)).await;
+    report.push(
+        Scenario::new("overload", &label, run)
+            .cpu(cpu)
+            .rss(procs::status_kib(gateway.pid(), "VmHWM")),
+    );
+}
+
+/// 1,000 calls in flight at once (the emulator holds each 20 ms), sampling RSS throughout.
+async fn in_flight(emulator: &str, seconds: Duration, report: &mut Report) {
+    let (gateway, _) = procs::gateway(emulator, &["--max-concurrency", "2048"]).await;
+    let call = grpc_call(grpc_client(&gateway.addr).await);
+    let pid = gateway.pid();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0;
+        let end = Instant::now() + seconds;
+        while Instant::now() < end {
+            peak = peak.max(procs::status_kib(pid, "VmRSS"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        peak
+    });
+    let (run, cpu) = with_cpu(Some(pid), closed_loop(1000, seconds, call)).await;
+    let peak = sampler.await.unwrap();
+    report.push(
+        Scenario::new("in-flight-1000", "closed loop, 1000 concurrent", run)
+            .cpu(cpu)
+            .rss(peak),
+    );
+}
+
+/// `--serve-bare ADDR`: a tonic server that answers every CreateUser with the same user.
+struct Bare(CreateUserResponse);
+
+#[tonic::async_trait]
+impl ChimeService for Bare {
+    async fn create_user(
+        &self,
+        _request: tonic::Request<CreateUserRequest>,
+    ) -> Result<tonic::Response<CreateUserResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.0.clone()))
+    }
+}
+
+async fn serve_bare(addr: &str) {
+    let user = User {
+        user_id: "1ab2345c-67de-8901-f23g-45h678901j2k".into(),
+        account_id: Some(chime_gateway::emulator::DEMO_ACCOUNT_ID.into()),
+        primary_email: Some("bench@example.com".into()),
+        user_type: UserType::PrivateUser as i32,
+        ..Default::default()
+    };
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(ChimeServiceServer::new(Bare(CreateUserResponse {
+            user: Some(user),
+        })))
+        .serve(addr.parse().unwrap())
+        .await
+        .unwrap();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    match args.iter().position(|a| a == "--serve-bare") {
+        Some(i) => runtime.block_on(serve_bare(&args[i + 1])),
+        None => runtime.block_on(suite()),
+    }
+}

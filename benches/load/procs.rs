@@ -1,0 +1,168 @@
+//! The processes under test and what `/proc` says of them: CPU time, RSS, peak RSS, and the time
+//! from spawn to health SERVING.
+
+use std::{
+    net::SocketAddr,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+pub const GATEWAY: &str = env!("CARGO_BIN_EXE_chime-gateway");
+pub const EMULATOR: &str = env!("CARGO_BIN_EXE_chime-emulator");
+pub const KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
+pub const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+
+/// A running process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+}
+
+fn clean(bin: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("AWS_") || key.starts_with("CHIME_") || key.starts_with("OTEL_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// The standalone emulator, in its own process.
+pub async fn emulator() -> Proc {
+    let mut child = clean(EMULATOR)
+        .env("CHIME_EMULATOR_LISTEN", "127.0.0.1:0")
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next_line().await.unwrap().unwrap();
+    let addr = line.split_once("listening on ").unwrap().1.trim().to_owned();
+    Proc { child, addr }
+}
+
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The gateway in front of `emulator_url`, and the time from spawn to health SERVING.
+pub async fn gateway(emulator_url: &str, extra: &[&str]) -> (Proc, Duration) {
+    let listen = free_port();
+    let metrics = free_port();
+    let started = Instant::now();
+    let child = clean(GATEWAY)
+        .args([
+            "--listen",
+            &listen.to_string(),
+            "--metrics-listen",
+            &metrics.to_string(),
+        ])
+        .args(extra)
+        .env("AWS_ENDPOINT_URL_CHIME", emulator_url)
+        .env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let ready = wait_serving(listen).await;
+    (
+        Proc {
+            child,
+            addr: listen.to_string(),
+        },
+        ready.duration_since(started),
+    )
+}
+
+/// This bench binary again, serving a fixed CreateUserResponse (the gRPC-only floor).
+pub async fn bare_server() -> Proc {
+    let listen = free_port();
+    let exe = std::env::current_exe().unwrap();
+    let child = clean(exe.to_str().unwrap())
+        .args(["--serve-bare", &listen.to_string()])
+        .spawn()
+        .unwrap();
+    wait_serving(listen).await;
+    Proc {
+        child,
+        addr: listen.to_string(),
+    }
+}
+
+async fn wait_serving(addr: SocketAddr) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "{addr} never became SERVING");
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        if let Ok(channel) = endpoint.connect().await {
+            let mut health = HealthClient::new(channel);
+            if let Ok(r) = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                && r.into_inner().status() == ServingStatus::Serving
+            {
+                return Instant::now();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// User plus system CPU time a process has used.
+pub fn cpu_time(pid: Option<u32>) -> Duration {
+    let path = pid.map_or_else(|| "/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
+    let stat = std::fs::read_to_string(path).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+}
+
+fn clock_ticks() -> u64 {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Scripts the emulator over its admin API.
+pub async fn inject(emulator_url: &str, fault_json: &str) {
+    use http_body_util::Full;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let request = http::Request::post(format!("{emulator_url}/_emulator/faults"))
+        .body(Full::new(bytes::Bytes::from(fault_json.to_owned())))
+        .unwrap();
+    assert_eq!(client.request(request).await.unwrap().status(), 204);
+}
