@@ -11,7 +11,7 @@ use aws_config::{BehaviorVersion, SdkConfig, meta::region::RegionProviderChain};
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_chime::{
     Client,
-    config::Region,
+    config::{Region, StalledStreamProtectionConfig},
     error::SdkError,
     operation::{
         RequestId,
@@ -61,9 +61,13 @@ impl SdkUpstream {
     }
 
     /// Builds the client from a service config builder (e.g. one with an endpoint override), with
-    /// the SDK's retries turned off.
+    /// the SDK's retries turned off, and its stalled-stream watchdog too: bodies are a few hundred
+    /// bytes and every attempt already has `--upstream-timeout`.
     pub fn from_builder(builder: aws_sdk_chime::config::Builder) -> Self {
-        let config = builder.retry_config(RetryConfig::disabled()).build();
+        let config = builder
+            .retry_config(RetryConfig::disabled())
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
+            .build();
         Self {
             client: Client::from_conf(config),
         }

@@ -14,9 +14,11 @@ use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::Subscribe
 use crate::config::LogFormat;
 
 /// What must outlive the server: flushes the spans still buffered on shutdown.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// Flushes the log lines still queued for stderr when dropped.
+    _logs: tracing_appender::non_blocking::WorkerGuard,
 }
 
 impl Telemetry {
@@ -56,7 +58,10 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
     let otel = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("chime-gateway")));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Log lines are written by a background thread, so a slow stderr never stalls a call; when
+    // its queue is full, lines are dropped rather than blocking.
+    let (writer, logs) = tracing_appender::non_blocking(std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
@@ -67,7 +72,10 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
         .with(fmt)
         .with(otel)
         .init();
-    Ok(Telemetry { provider })
+    Ok(Telemetry {
+        provider,
+        _logs: logs,
+    })
 }
 
 fn otlp_configured() -> bool {

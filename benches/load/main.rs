@@ -32,6 +32,9 @@ use generator::{Run, closed_loop, open_loop};
 use report::{Report, Scenario};
 use tonic::transport::Channel;
 
+/// The rate of the low-load pair: the gateway's own added latency, without CPU contention.
+const LOW_RATE: u32 = 200;
+
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -141,10 +144,16 @@ async fn suite() {
 
     let rate = (saturated / 2.0).max(1.0);
     let label = format!("open loop, {rate:.0}/s (half of saturation)");
-    let (run, cpu) = with_cpu(None, open_loop(rate, seconds, sdk_fn)).await;
+    let (run, cpu) = with_cpu(None, open_loop(rate, seconds, sdk_fn.clone())).await;
     report.push(Scenario::new("sdk-alone-half", &label, run).cpu(cpu));
-    let (run, cpu) = with_cpu(Some(gateway.pid()), open_loop(rate, seconds, gw_fn)).await;
+    let (run, cpu) = with_cpu(Some(gateway.pid()), open_loop(rate, seconds, gw_fn.clone())).await;
     report.push(Scenario::new("gateway-half", &label, run).cpu(cpu));
+
+    let label = format!("open loop, {LOW_RATE}/s (machine mostly idle)");
+    let (run, cpu) = with_cpu(None, open_loop(LOW_RATE as f64, seconds, sdk_fn)).await;
+    report.push(Scenario::new("sdk-alone-low", &label, run).cpu(cpu));
+    let (run, cpu) = with_cpu(Some(gateway.pid()), open_loop(LOW_RATE as f64, seconds, gw_fn)).await;
+    report.push(Scenario::new("gateway-low", &label, run).cpu(cpu));
     drop(gateway);
 
     overload(&emulator.addr, seconds, &mut report).await;

@@ -93,6 +93,12 @@ impl Report {
         );
         let added_p50 = gw.p50_us as i64 - sdk.p50_us as i64;
         let added_p99 = gw.p99_us as i64 - sdk.p99_us as i64;
+        let (gw_low, sdk_low) = (
+            self.get("gateway-low").run.clone(),
+            self.get("sdk-alone-low").run.clone(),
+        );
+        let low_p50 = gw_low.p50_us as i64 - sdk_low.p50_us as i64;
+        let low_p99 = gw_low.p99_us as i64 - sdk_low.p99_us as i64;
         let in_flight = self.get("in-flight-1000").rss_kib.unwrap_or(0);
         let failed_below: u64 = ["gateway", "gateway-half"]
             .iter()
@@ -126,6 +132,18 @@ impl Report {
                 "<= 1000 us",
                 format!("{added_p99} us"),
                 added_p99 <= 1000,
+            ),
+            (
+                "(reference) latency added at 200/s, p50",
+                "<= 100 us",
+                format!("{low_p50} us"),
+                low_p50 <= 100,
+            ),
+            (
+                "(reference) latency added at 200/s, p99",
+                "<= 1000 us",
+                format!("{low_p99} us"),
+                low_p99 <= 1000,
             ),
             (
                 "RSS idle",
