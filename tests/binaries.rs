@@ -113,32 +113,7 @@ async fn help_exits_0_and_names_every_setting() {
 
 #[tokio::test]
 async fn emulate_serves_and_sigterm_finishes_the_call_in_flight_then_exits_0() {
-    let mut child = command(GATEWAY)
-        .args([
-            "--emulate",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut emulator_url, mut listen) = (String::new(), String::new());
-    while listen.is_empty() {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("the gateway printed its addresses");
-        if let Some((_, rest)) = line.split_once("emulator listening on ") {
-            emulator_url = rest.trim().to_owned();
-        }
-        if let Some((_, rest)) = line.split_once("serving chime.v1.ChimeService on ") {
-            listen = rest.trim().to_owned();
-        }
-    }
+    let (running, listen, emulator_url) = start_emulated_with_emulator(&[], &[]).await;
     let mut client = ChimeServiceClient::connect(format!("http://{listen}"))
         .await
         .unwrap();
@@ -158,17 +133,13 @@ async fn emulate_serves_and_sigterm_finishes_the_call_in_flight_then_exits_0() {
     let mut slow = client.clone();
     let in_flight = tokio::spawn(async move { slow.create_user(request("slow@example.com")).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    sigterm(&child);
+    let exited = tokio::spawn(stderr_after_sigterm(running));
     let user = in_flight.await.unwrap().expect("the in-flight call completes OK");
     assert_eq!(
         user.into_inner().user.unwrap().primary_email.as_deref(),
         Some("slow@example.com")
     );
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    exited.await.expect("the process exits 0 after the drain");
 }
 
 #[tokio::test]

@@ -544,3 +544,41 @@ async fn emulator_throttling_reaches_the_caller_after_the_retries() {
         Some(Duration::from_secs(1))
     );
 }
+
+/// A credential chain that finds nothing, as on a machine with no AWS identity.
+#[derive(Debug)]
+struct NoCredentials;
+
+impl aws_credential_types::provider::ProvideCredentials for NoCredentials {
+    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        let error =
+            aws_credential_types::provider::error::CredentialsError::not_loaded("no credentials here");
+        aws_credential_types::provider::future::ProvideCredentials::ready(Err(error))
+    }
+}
+
+#[tokio::test]
+async fn missing_credentials_are_unavailable_and_nothing_is_sent() {
+    let emu = emulator().await;
+    let config = aws_sdk_chime::Config::builder()
+        .behavior_version(aws_sdk_chime::config::BehaviorVersion::latest())
+        .region(aws_sdk_chime::config::Region::from_static("us-east-1"))
+        .endpoint_url(emu.endpoint_url())
+        .credentials_provider(NoCredentials);
+    let upstream = chime_gateway::chime::SdkUpstream::from_builder(config);
+    let gw = Gateway::start(upstream, policy(), 8, Duration::from_secs(1)).await;
+    let status = create(&gw, request(None, UserType::Unspecified))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let info = info(&status);
+    assert_eq!(
+        (info.domain.as_str(), info.reason.as_str()),
+        (GATEWAY_DOMAIN, "NO_CREDENTIALS")
+    );
+    assert_eq!(info.metadata["attempts"], "1", "not retried");
+    assert!(emu.requests().is_empty());
+}

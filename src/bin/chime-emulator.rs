@@ -3,8 +3,9 @@
 
 use std::{net::SocketAddr, process::ExitCode};
 
-use chime_gateway::emulator::{
-    DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, DEMO_ACCOUNT_ID, Emulator, EmulatorConfig,
+use chime_gateway::{
+    config,
+    emulator::{DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, DEMO_ACCOUNT_ID, Emulator, EmulatorConfig},
 };
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -40,10 +41,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let line = e.to_string();
             eprintln!(
                 "chime-emulator: {}",
-                line.lines().next().unwrap_or("").trim_start_matches("error: ")
+                config::one_line(&e).trim_start_matches("error: ")
             );
             return ExitCode::from(64);
         }

@@ -65,6 +65,17 @@ def test_create_user_succeeds_with_aws_shapes(endpoint):
     assert "RegisteredOn" not in user
 
 
+def test_the_standard_endpoint_variable_points_botocore_at_it(endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_CHIME", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    c = botocore.session.get_session().create_client("chime", region_name="us-east-1")
+    assert c.meta.endpoint_url == endpoint
+    user = c.create_user(AccountId=DEMO_ACCOUNT, Username="env")["User"]
+    assert user["DisplayName"] == "env"
+
+
 def test_shared_device_is_registered(endpoint):
     user = client(endpoint).create_user(AccountId=DEMO_ACCOUNT, UserType="SharedDevice")["User"]
     assert user["UserRegistrationStatus"] == "Registered"
