@@ -16,6 +16,7 @@
 //! binary and by the tests.
 
 pub mod chime;
+pub mod codec;
 pub mod config;
 pub mod emulator;
 pub mod error;
