@@ -99,6 +99,7 @@ async fn serve(config: Config, tls: Option<ServerTlsConfig>) -> anyhow::Result<(
         backoff: Backoff::default(),
     };
     let gateway = ChimeGateway::new(upstream, policy, config.max_concurrency.get());
+    let shutdown = server::shutdown_signal().context("cannot install the signal handlers")?;
     println!("chime-gateway: serving chime.v1.ChimeService on {listen}");
     println!("chime-gateway: metrics on http://{metrics_addr}/metrics");
     if config.emulate {
@@ -112,7 +113,7 @@ async fn serve(config: Config, tls: Option<ServerTlsConfig>) -> anyhow::Result<(
         max_message_size: config.max_message_size as usize,
         tls,
     };
-    server::run(listener, gateway, options, shutdown_signal()).await?;
+    server::run(listener, gateway, options, shutdown).await?;
     Ok(())
 }
 
@@ -121,21 +122,4 @@ fn try_it_line(listen: std::net::SocketAddr) -> String {
         "grpcurl -plaintext -d '{{\"account_id\":\"{}\",\"email\":\"jane@example.com\",\"user_type\":\"USER_TYPE_PRIVATE_USER\"}}' {listen} chime.v1.ChimeService/CreateUser",
         emulator::DEMO_ACCOUNT_ID
     )
-}
-
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler cannot fail on unix");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown signal received");
 }

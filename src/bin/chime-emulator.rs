@@ -76,16 +76,8 @@ async fn run(args: Args) -> std::io::Result<()> {
         throttle_rps: args.throttle_rps,
     };
     let emulator = Emulator::serve(listener, config)?;
+    let shutdown = chime_gateway::server::shutdown_signal()?;
     println!("chime-emulator: listening on {}", emulator.endpoint_url());
-    shutdown_signal().await;
+    shutdown.await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler cannot fail on unix");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
