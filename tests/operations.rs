@@ -202,3 +202,137 @@ async fn a_plaintext_caller_is_refused_by_a_tls_port() {
     }
     assert!(emu.requests().is_empty());
 }
+
+/// A raw HTTP/2 connection that sends the preface and empty SETTINGS, then never answers anything.
+async fn silent_h2_peer(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    stream
+}
+
+/// The frame types the server sends within `within`, and whether it closed the connection.
+async fn frames_within(stream: &mut tokio::net::TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut types = Vec::new();
+    let read = async {
+        loop {
+            let mut header = [0u8; 9];
+            if stream.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            types.push(header[3]);
+            let mut payload = vec![0; u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize];
+            if stream.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+        }
+    };
+    let closed = tokio::time::timeout(within, read).await.is_ok();
+    (types, closed)
+}
+
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+
+#[tokio::test]
+async fn keepalive_pings_and_closes_a_connection_whose_peer_went_silent() {
+    let emu = emulator().await;
+    let mut options = ServeOptions::with_grace(Duration::from_secs(1));
+    options.http2_keepalive = Some((Duration::from_millis(200), Duration::from_millis(200)));
+    let gw = Gateway::in_front_with(&emu, options).await;
+    let mut peer = silent_h2_peer(gw.addr).await;
+    let (frames, closed) = frames_within(&mut peer, Duration::from_secs(5)).await;
+    assert!(closed, "the server closed the dead connection");
+    assert!(frames.contains(&PING), "{frames:?}");
+}
+
+#[tokio::test]
+async fn connections_are_closed_gracefully_past_the_max_age() {
+    let emu = emulator().await;
+    let mut options = ServeOptions::with_grace(Duration::from_secs(1));
+    options.http2_keepalive = None;
+    options.max_connection_age = Some(Duration::from_millis(300));
+    let gw = Gateway::in_front_with(&emu, options).await;
+    let mut peer = silent_h2_peer(gw.addr).await;
+    // The graceful close: GOAWAY, then a PING to learn which streams the peer saw; a live peer
+    // answers and the connection closes, a dead one is left to keepalive.
+    let (frames, _) = frames_within(&mut peer, Duration::from_millis(1500)).await;
+    assert!(frames.contains(&GOAWAY), "{frames:?}");
+}
+
+#[tokio::test]
+async fn without_keepalive_or_max_age_a_quiet_connection_stays_open() {
+    let emu = emulator().await;
+    let mut options = ServeOptions::with_grace(Duration::from_secs(1));
+    options.http2_keepalive = None;
+    let gw = Gateway::in_front_with(&emu, options).await;
+    let mut peer = silent_h2_peer(gw.addr).await;
+    let (frames, closed) = frames_within(&mut peer, Duration::from_millis(800)).await;
+    assert!(!closed);
+    assert!(!frames.contains(&PING) && !frames.contains(&GOAWAY), "{frames:?}");
+}
+
+async fn gateway_with_pool_idle(emu: &chime_gateway::emulator::Emulator, idle: Duration) -> Gateway {
+    use chime_gateway::chime;
+    let (key, secret) = emu.credentials();
+    let sdk = chime::load_static_sdk_config(&emu.endpoint_url(), key, secret).await;
+    let builder = aws_sdk_chime::config::Builder::from(&sdk).http_client(chime::http_client(idle));
+    let options = ServeOptions::with_grace(Duration::from_secs(1));
+    Gateway::start_with(
+        chime::SdkUpstream::from_builder(builder),
+        common::policy(),
+        8,
+        options,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_then_dropped_after_the_idle_timeout() {
+    let emu = emulator().await;
+    let gw = gateway_with_pool_idle(&emu, Duration::from_millis(300)).await;
+    let mut client = gw.client().await;
+    for _ in 0..3 {
+        client
+            .create_user(request(None, UserType::Unspecified))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        emu.connections(),
+        1,
+        "back-to-back calls share one pooled connection"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    client
+        .create_user(request(None, UserType::Unspecified))
+        .await
+        .unwrap();
+    assert_eq!(
+        emu.connections(),
+        2,
+        "the idle connection was closed, a new one opened"
+    );
+}
+
+#[tokio::test]
+async fn a_long_pool_idle_timeout_keeps_the_connection() {
+    let emu = emulator().await;
+    let gw = gateway_with_pool_idle(&emu, Duration::from_secs(90)).await;
+    let mut client = gw.client().await;
+    client
+        .create_user(request(None, UserType::Unspecified))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    client
+        .create_user(request(None, UserType::Unspecified))
+        .await
+        .unwrap();
+    assert_eq!(emu.connections(), 1);
+}

@@ -23,7 +23,10 @@ pub mod wire;
 use std::{
     collections::VecDeque,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -75,6 +78,7 @@ pub(crate) struct Shared {
     state: Mutex<state::State>,
     faults: Mutex<VecDeque<(Fault, u32)>>,
     recorded: Mutex<VecDeque<RecordedRequest>>,
+    connections: AtomicU64,
 }
 
 /// A running emulator; dropping it stops accepting connections.
@@ -100,6 +104,7 @@ impl Emulator {
             config,
             faults: Mutex::new(VecDeque::new()),
             recorded: Mutex::new(VecDeque::new()),
+            connections: AtomicU64::new(0),
         });
         let accept = tokio::spawn(serve::accept_loop(listener, shared.clone()));
         Ok(Self { addr, shared, accept })
@@ -129,6 +134,11 @@ impl Emulator {
     /// The CreateUser requests received so far (the last [`RECORDED_LIMIT`]), oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.recorded.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// TCP connections accepted so far: shows whether a client reuses its connections.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
     }
 
     /// Adds an account.

@@ -21,6 +21,9 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                shared
+                    .connections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(serve_connection(stream, shared.clone()));
             }
             Err(error) => {
