@@ -138,8 +138,15 @@ async fn suite() {
     let bare = procs::bare_server().await;
     let bare_fn = grpc_call(grpc_client(&bare.addr).await);
     closed_loop(concurrency, Duration::from_millis(500), bare_fn.clone()).await;
-    let (run, cpu) = with_cpu(Some(bare.pid()), closed_loop(concurrency, seconds, bare_fn)).await;
+    let (run, cpu) = with_cpu(
+        Some(bare.pid()),
+        closed_loop(concurrency, seconds, bare_fn.clone()),
+    )
+    .await;
     report.push(Scenario::new("bare-tonic", &label, run).cpu(cpu));
+    let low = format!("open loop, {LOW_RATE}/s (machine mostly idle)");
+    let (run, cpu) = with_cpu(Some(bare.pid()), open_loop(LOW_RATE as f64, seconds, bare_fn)).await;
+    report.push(Scenario::new("bare-tonic-low", &low, run).cpu(cpu));
     drop(bare);
 
     let rate = (saturated / 2.0).max(1.0);

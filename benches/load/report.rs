@@ -146,6 +146,12 @@ impl Report {
                 low_p99 <= 1000,
             ),
             (
+                "(reference) a whole gRPC round trip to a bare tonic server at 200/s, p50",
+                "-",
+                format!("{} us", self.get("bare-tonic-low").run.p50_us),
+                true,
+            ),
+            (
                 "RSS idle",
                 "<= 20 MiB",
                 mib(self.idle_rss_kib),
