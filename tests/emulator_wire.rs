@@ -5,14 +5,9 @@ mod common;
 
 use std::{collections::HashSet, time::SystemTime};
 
-use aws_credential_types::Credentials;
-use aws_sigv4::{
-    http_request::{SignableBody, SignableRequest, SigningSettings, sign},
-    sign::v4,
-};
 use bytes::Bytes;
 use chime_gateway::{
-    emulator::{DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, DEMO_ACCOUNT_ID},
+    emulator::{DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, DEMO_ACCOUNT_ID, sigv4},
     pb::chime::v1::UserType,
 };
 use common::{create, emulator, request, stack};
@@ -34,25 +29,8 @@ async fn send(url: &str, account: &str, body: &str, signed: bool) -> Answer {
         .body(body.as_bytes().to_vec())
         .unwrap();
     if signed {
-        let identity =
-            Credentials::new(DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, None, None, "t").into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region("us-east-1")
-            .name("chime")
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .unwrap()
-            .into();
-        let headers = request
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()));
-        let signable =
-            SignableRequest::new("POST", &uri, headers, SignableBody::Bytes(body.as_bytes())).unwrap();
-        let (instructions, _) = sign(signable, &params).unwrap().into_parts();
-        instructions.apply_to_request_http1x(&mut request);
+        let keys = (DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY);
+        sigv4::sign(&mut request, keys, ("us-east-1", "chime"), SystemTime::now()).unwrap();
     }
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let response = client

@@ -162,6 +162,41 @@ impl Verifier<'_> {
     }
 }
 
+/// Signs `request` as an AWS SDK does (SigV4, signature in headers), for tests that talk to the
+/// emulator over raw HTTP. The verifier never uses it: signing and verifying stay independent.
+pub fn sign(
+    request: &mut http::Request<Vec<u8>>,
+    (access_key_id, secret_access_key): (&str, &str),
+    (region, service): (&str, &str),
+    at: SystemTime,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings};
+    let identity =
+        aws_credential_types::Credentials::new(access_key_id, secret_access_key, None, None, "sign").into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(at)
+        .settings(SigningSettings::default())
+        .build()?
+        .into();
+    let uri = request.uri().to_string();
+    let headers = request
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
+    let signable = SignableRequest::new(
+        request.method().as_str(),
+        &uri,
+        headers,
+        SignableBody::Bytes(request.body()),
+    )?;
+    let (instructions, _) = aws_sigv4::http_request::sign(signable, &params)?.into_parts();
+    instructions.apply_to_request_http1x(request);
+    Ok(())
+}
+
 fn incomplete(message: &str) -> AuthError {
     AuthError::Incomplete(message.to_owned())
 }

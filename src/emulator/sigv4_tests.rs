@@ -2,12 +2,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_credential_types::Credentials;
-use aws_sigv4::{
-    http_request::{SignableBody, SignableRequest, SigningSettings, sign},
-    sign::v4,
-};
-
 use super::*;
 
 const KEY: &str = "AKIAIOSFODNN7EXAMPLE";
@@ -33,23 +27,7 @@ fn signed(secret: &str, region: &str, service: &str, at: SystemTime) -> http::Re
         .header("content-type", "application/json")
         .body(BODY.to_vec())
         .unwrap();
-    let identity = Credentials::new(KEY, secret, None, None, "test").into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(at)
-        .settings(SigningSettings::default())
-        .build()
-        .unwrap()
-        .into();
-    let headers = request
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.to_str().unwrap()));
-    let signable = SignableRequest::new("POST", URI, headers, SignableBody::Bytes(BODY)).unwrap();
-    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
-    instructions.apply_to_request_http1x(&mut request);
+    super::sign(&mut request, (KEY, secret), (region, service), at).unwrap();
     request
 }
 
