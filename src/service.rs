@@ -174,27 +174,7 @@ impl<U: Upstream> ChimeGateway<U> {
         let wait = self.policy.backoff.delay(attempts, retry_after);
         (Instant::now() + wait < deadline).then_some(wait)
     }
-}
 
-#[tonic::async_trait]
-impl<U: Upstream> ChimeService for ChimeGateway<U> {
-    async fn create_user(
-        &self,
-        request: Request<CreateUserRequest>,
-    ) -> Result<Response<CreateUserResponse>, Status> {
-        let started = Instant::now();
-        let span = tracing::info_span!(
-            "chime.v1.ChimeService/CreateUser",
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.grpc.status_code = tracing::field::Empty,
-        );
-        let _ = span.set_parent(telemetry::caller_context(request.metadata()));
-        self.create_user_in(request, started).instrument(span).await
-    }
-}
-
-impl<U: Upstream> ChimeGateway<U> {
     async fn create_user_in(
         &self,
         request: Request<CreateUserRequest>,
@@ -220,6 +200,24 @@ impl<U: Upstream> ChimeGateway<U> {
             response.metadata_mut().insert(REQUEST_ID_KEY, id);
         }
         Ok(response)
+    }
+}
+
+#[tonic::async_trait]
+impl<U: Upstream> ChimeService for ChimeGateway<U> {
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserResponse>, Status> {
+        let started = Instant::now();
+        let span = tracing::info_span!(
+            "chime.v1.ChimeService/CreateUser",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let _ = span.set_parent(telemetry::caller_context(request.metadata()));
+        self.create_user_in(request, started).instrument(span).await
     }
 }
 

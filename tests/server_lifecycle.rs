@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use chime_gateway::{chime, emulator::Fault, pb::chime::v1::UserType, server::SERVICE_NAME};
+use chime_gateway::{emulator::Fault, pb::chime::v1::UserType, server::SERVICE_NAME};
 use common::{Gateway, create, emulator, policy, request};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -19,9 +19,7 @@ async fn gateway_with(
     max_concurrency: usize,
     grace: Duration,
 ) -> Gateway {
-    let (key, secret) = emu.credentials();
-    let sdk = chime::load_static_sdk_config(&emu.endpoint_url(), key, secret).await;
-    Gateway::start(chime::SdkUpstream::new(&sdk), policy(), max_concurrency, grace).await
+    Gateway::start(common::upstream_for(emu).await, policy(), max_concurrency, grace).await
 }
 
 #[tokio::test]

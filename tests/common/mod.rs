@@ -78,9 +78,7 @@ impl Gateway {
 
     /// Starts the real server in front of `emulator` with server options.
     pub async fn in_front_with(emulator: &Emulator, options: ServeOptions) -> Self {
-        let (key, secret) = emulator.credentials();
-        let sdk_config = chime::load_static_sdk_config(&emulator.endpoint_url(), key, secret).await;
-        Self::start_with(SdkUpstream::new(&sdk_config), policy(), 64, options).await
+        Self::start_with(upstream_for(emulator).await, policy(), 64, options).await
     }
 
     /// Starts the real server in front of any endpoint.
@@ -159,4 +157,11 @@ impl CallPolicyExt {
             ..policy()
         }
     }
+}
+
+/// The SDK upstream pointed at `emulator`, with its key pair.
+pub async fn upstream_for(emulator: &Emulator) -> SdkUpstream {
+    let (key, secret) = emulator.credentials();
+    let sdk_config = chime::load_static_sdk_config(&emulator.endpoint_url(), key, secret).await;
+    SdkUpstream::new(&sdk_config)
 }
