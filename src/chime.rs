@@ -55,9 +55,11 @@ pub struct SdkUpstream {
 }
 
 impl SdkUpstream {
-    /// Builds the client from a loaded AWS configuration, with the SDK's retries turned off.
+    /// Builds the client from a loaded AWS configuration, with the SDK's retries turned off, on
+    /// the gateway's [`http_client`] (90 s idle connections, no connection limit).
     pub fn new(sdk_config: &SdkConfig) -> Self {
-        Self::from_builder(aws_sdk_chime::config::Builder::from(sdk_config))
+        let http = http_client(std::time::Duration::from_secs(90), None);
+        Self::from_builder(aws_sdk_chime::config::Builder::from(sdk_config).http_client(http))
     }
 
     /// Builds the client from a service config builder (e.g. one with an endpoint override), with
@@ -101,17 +103,22 @@ pub async fn load_static_sdk_config(
         .await
 }
 
-/// The SDK's HTTPS client (rustls), keeping idle upstream connections for `pool_idle_timeout` so
-/// calls reuse them instead of paying a TCP and TLS handshake each.
+/// The SDK's HTTPS client (rustls) on the SDK's connection pool: idle upstream connections are
+/// kept for `pool_idle_timeout` so calls reuse them instead of paying a TCP and TLS handshake
+/// each, and at most `max_connections` are open to the endpoint (`None`: no limit).
 pub fn http_client(
     pool_idle_timeout: std::time::Duration,
+    max_connections: Option<usize>,
 ) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .pool_idle_timeout(pool_idle_timeout)
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
-        ))
+    use aws_smithy_http_client::{pool, tls};
+    let mut builder = pool::ConnectionPool::builder().idle_timeout(pool_idle_timeout);
+    builder.set_max_connections_per_host(max_connections);
+    let pool = builder
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
         .build_https()
+        .expect("a pool without declared partitions or interfaces always builds");
+    let client = pool::Client::new(&pool).expect("a pool without partitions has the anonymous one");
+    aws_smithy_runtime_api::client::http::SharedHttpClient::new(client)
 }
 
 /// The attempts the gateway may make for a retryable failure: `AWS_MAX_ATTEMPTS` or the profile's
@@ -171,10 +178,14 @@ pub fn classify(error: SdkError<CreateUserError, HttpResponse>) -> UpstreamError
     }
 }
 
-/// True when the failure happened while connecting (refused, DNS): nothing reached the upstream.
+/// True when the failure happened while connecting (DNS, refused): nothing reached the upstream.
+/// Only errors that cannot happen on an open connection count: a refused TCP connect is one, a
+/// reset or a timeout is not (the request may have been sent).
 fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
-    has_source(error, |e: &hyper_util::client::legacy::Error| e.is_connect())
-        || has_source(error, |_: &ResolveDnsError| true)
+    has_source(error, |_: &ResolveDnsError| true)
+        || has_source(error, |e: &std::io::Error| {
+            e.kind() == std::io::ErrorKind::ConnectionRefused
+        })
 }
 
 fn has_source<T: std::error::Error + 'static>(

@@ -21,6 +21,8 @@ pub const ENV_MAX_CONNECTION_AGE: &str = "CHIME_GATEWAY_MAX_CONNECTION_AGE";
 pub const ENV_MAX_MESSAGE_SIZE: &str = "CHIME_GATEWAY_MAX_MESSAGE_SIZE";
 /// Env var for `--upstream-pool-idle-timeout`.
 pub const ENV_UPSTREAM_POOL_IDLE_TIMEOUT: &str = "CHIME_GATEWAY_UPSTREAM_POOL_IDLE_TIMEOUT";
+/// Env var for `--upstream-max-connections`.
+pub const ENV_UPSTREAM_MAX_CONNECTIONS: &str = "CHIME_GATEWAY_UPSTREAM_MAX_CONNECTIONS";
 /// Env var for `--tls-cert`.
 pub const ENV_TLS_CERT: &str = "CHIME_GATEWAY_TLS_CERT";
 /// Env var for `--tls-key`.
@@ -98,6 +100,11 @@ pub struct Config {
     #[arg(long, env = ENV_UPSTREAM_POOL_IDLE_TIMEOUT, default_value = "90s", value_parser = positive_duration)]
     pub upstream_pool_idle_timeout: Duration,
 
+    /// Most upstream connections, and so upstream attempts at once; calls beyond wait for one
+    /// within their deadline (DEADLINE_EXCEEDED, UPSTREAM_BUSY if it passes first).
+    #[arg(long, env = ENV_UPSTREAM_MAX_CONNECTIONS, default_value = "64")]
+    pub upstream_max_connections: NonZeroUsize,
+
     /// PEM certificate chain: serve TLS instead of plaintext (needs --tls-key).
     #[arg(long, env = ENV_TLS_CERT, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -159,6 +166,8 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(20));
         assert!(!c.emulate);
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.max_concurrency.get(), 1024);
+        assert_eq!(c.upstream_max_connections.get(), 64);
     }
 
     #[test]
@@ -182,6 +191,7 @@ mod tests {
             &["--upstream-timeout", "0s"],
             &["--listen", "nowhere"],
             &["--max-concurrency", "0"],
+            &["--upstream-max-connections", "0"],
             &["--log-format", "xml"],
             &["--no-such-flag"],
             &["--tls-cert", "cert.pem"],

@@ -155,6 +155,15 @@ pub enum CallError {
         /// How many attempts were started.
         attempts: u32,
     },
+    /// The deadline passed while the call waited for one of the `--upstream-max-connections`
+    /// upstream connections, all busy with other calls.
+    #[error(
+        "the call's deadline passed while every upstream connection was busy ({attempts} attempt(s) made)"
+    )]
+    UpstreamBusy {
+        /// How many attempts were started before this wait.
+        attempts: u32,
+    },
     /// `--max-concurrency` calls are already in flight.
     #[error("the gateway is at its concurrency limit")]
     Overloaded,
@@ -169,7 +178,7 @@ impl CallError {
         match self {
             CallError::Invalid(_) => Code::InvalidArgument,
             CallError::Upstream { error, .. } => rule(error).code,
-            CallError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            CallError::DeadlineExceeded { .. } | CallError::UpstreamBusy { .. } => Code::DeadlineExceeded,
             CallError::Overloaded | CallError::ShuttingDown => Code::Unavailable,
         }
     }
@@ -192,6 +201,11 @@ impl CallError {
             CallError::DeadlineExceeded { attempts } => {
                 let meta = HashMap::from([("attempts".to_owned(), attempts.to_string())]);
                 details.set_error_info("DEADLINE_EXCEEDED", GATEWAY_DOMAIN, meta);
+                self.to_string()
+            }
+            CallError::UpstreamBusy { attempts } => {
+                let meta = HashMap::from([("attempts".to_owned(), attempts.to_string())]);
+                details.set_error_info("UPSTREAM_BUSY", GATEWAY_DOMAIN, meta);
                 self.to_string()
             }
             CallError::Overloaded => {

@@ -307,6 +307,17 @@ fn the_callers_deadline_maps_to_deadline_exceeded() {
 }
 
 #[test]
+fn a_deadline_spent_waiting_for_an_upstream_connection_says_so() {
+    let s = CallError::UpstreamBusy { attempts: 1 }.to_status();
+    check(&s, Code::DeadlineExceeded, GATEWAY_DOMAIN, "UPSTREAM_BUSY", false);
+    assert!(
+        s.message().contains("every upstream connection was busy"),
+        "{}",
+        s.message()
+    );
+}
+
+#[test]
 fn validation_failures_carry_bad_request_field_violations() {
     let violations = vec![
         FieldViolation {

@@ -89,7 +89,10 @@ async fn serve(config: Config, tls: Option<ServerTlsConfig>) -> anyhow::Result<(
         chime::load_sdk_config().await
     };
     let max_attempts = chime::max_attempts(&sdk_config);
-    let http_client = chime::http_client(config.upstream_pool_idle_timeout);
+    let http_client = chime::http_client(
+        config.upstream_pool_idle_timeout,
+        Some(config.upstream_max_connections.get()),
+    );
     let upstream =
         SdkUpstream::from_builder(aws_sdk_chime::config::Builder::from(&sdk_config).http_client(http_client));
     let policy = CallPolicy {
@@ -98,7 +101,8 @@ async fn serve(config: Config, tls: Option<ServerTlsConfig>) -> anyhow::Result<(
         max_attempts,
         backoff: Backoff::default(),
     };
-    let gateway = ChimeGateway::new(upstream, policy, config.max_concurrency.get());
+    let gateway = ChimeGateway::new(upstream, policy, config.max_concurrency.get())
+        .with_upstream_connections(config.upstream_max_connections.get());
     let shutdown = server::shutdown_signal().context("cannot install the signal handlers")?;
     println!("chime-gateway: serving chime.v1.ChimeService on {listen}");
     println!("chime-gateway: metrics on http://{metrics_addr}/metrics");

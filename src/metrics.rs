@@ -57,6 +57,7 @@ pub struct Metrics {
     upstream_seconds: Histogram,
     upstream_retries: Counter,
     upstream_in_flight: Gauge,
+    upstream_waiting: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -74,6 +75,7 @@ impl Default for Metrics {
         let upstream_seconds = latency_histogram();
         let upstream_retries = Counter::default();
         let upstream_in_flight = Gauge::default();
+        let upstream_waiting = Gauge::default();
         registry.register(
             "grpc_server_started",
             "Total number of RPCs started on the server.",
@@ -114,6 +116,11 @@ impl Default for Metrics {
             "Upstream attempts in flight now.",
             upstream_in_flight.clone(),
         );
+        registry.register(
+            "chime_upstream_waiting",
+            "Calls waiting now for one of the --upstream-max-connections upstream connections.",
+            upstream_waiting.clone(),
+        );
         Self {
             registry,
             started,
@@ -124,6 +131,7 @@ impl Default for Metrics {
             upstream_seconds,
             upstream_retries,
             upstream_in_flight,
+            upstream_waiting,
         }
     }
 }
@@ -164,6 +172,24 @@ impl Metrics {
             started: Instant::now(),
             done: false,
         }
+    }
+}
+
+/// Counts a call waiting for an upstream connection for as long as it lives.
+#[derive(Debug)]
+pub struct WaitingGuard(Arc<Metrics>);
+
+impl WaitingGuard {
+    /// Counts one more waiting call.
+    pub fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.upstream_waiting.inc();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        self.0.upstream_waiting.dec();
     }
 }
 

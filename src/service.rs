@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, metadata::MetadataMap, metadata::Metadata
 use crate::{
     chime::{Created, Upstream},
     error::{self, CallError, REQUEST_ID_KEY, UpstreamError},
-    metrics::Metrics,
+    metrics::{Metrics, WaitingGuard},
     pb::chime::v1::{CreateUserRequest, CreateUserResponse, chime_service_server::ChimeService},
     telemetry, translate, validate,
 };
@@ -78,6 +78,7 @@ pub struct ChimeGateway<U> {
     upstream: Arc<U>,
     policy: CallPolicy,
     permits: Arc<Semaphore>,
+    connections: Arc<Semaphore>,
     cancel: Arc<watch::Sender<bool>>,
     metrics: Arc<Metrics>,
 }
@@ -100,9 +101,17 @@ impl<U: Upstream> ChimeGateway<U> {
             upstream: Arc::new(upstream),
             policy,
             permits: Arc::new(Semaphore::new(max_concurrency)),
+            connections: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
             cancel: Arc::new(watch::Sender::new(false)),
             metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// Lets at most `max` upstream attempts run at once (one per upstream connection); calls
+    /// beyond wait for one, within their deadline.
+    pub fn with_upstream_connections(mut self, max: usize) -> Self {
+        self.connections = Arc::new(Semaphore::new(max));
+        self
     }
 
     /// The metrics this gateway records into, for the server's layer and the metrics port.
@@ -128,8 +137,14 @@ impl<U: Upstream> ChimeGateway<U> {
         }
         let input = translate::to_input(request);
         let mut attempts = 0;
+        let mut waiting = false;
         let attempt_loop = async {
             loop {
+                waiting = true;
+                let wait = WaitingGuard::new(&self.metrics);
+                let connection = self.connections.acquire().await.expect("never closed");
+                drop(wait);
+                waiting = false;
                 attempts += 1;
                 let meter = self.metrics.upstream_started(attempts > 1);
                 let attempt_span = tracing::info_span!(
@@ -138,7 +153,8 @@ impl<U: Upstream> ChimeGateway<U> {
                     rpc.system = "aws-api",
                     attempt = attempts,
                 );
-                let sent = self.upstream.create_user(input.clone()).instrument(attempt_span);
+                // Boxed, so a call that waits above holds a small future, not the SDK's.
+                let sent = Box::pin(self.upstream.create_user(input.clone()).instrument(attempt_span));
                 let error = match timeout(self.policy.upstream_timeout, sent).await {
                     Ok(Ok(created)) => {
                         meter.finish(Some(201));
@@ -149,6 +165,7 @@ impl<U: Upstream> ChimeGateway<U> {
                 };
                 meter.finish(error.http_status());
                 if let Some(wait) = self.retry_wait(&error, attempts, deadline) {
+                    drop(connection);
                     sleep(wait).await;
                     continue;
                 }
@@ -156,10 +173,12 @@ impl<U: Upstream> ChimeGateway<U> {
             }
         };
         let result = timeout_at(deadline, attempt_loop).await;
-        (
-            result.unwrap_or(Err(CallError::DeadlineExceeded { attempts })),
-            attempts,
-        )
+        let late = if waiting {
+            CallError::UpstreamBusy { attempts }
+        } else {
+            CallError::DeadlineExceeded { attempts }
+        };
+        (result.unwrap_or(Err(late)), attempts)
     }
 
     /// The wait before another attempt, when the contract allows one and it fits the deadline.

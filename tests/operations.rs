@@ -1,19 +1,28 @@
-//! What an SRE relies on: Prometheus metrics, the message size limit, TLS and mTLS.
+//! What an SRE relies on: Prometheus metrics, the message size limit, TLS and mTLS, keepalive and
+//! connection age, the upstream connection pool and its limit.
 
 mod common;
 
 use std::time::Duration;
 
-use chime_gateway::{pb::chime::v1::UserType, server::ServeOptions};
+use chime_gateway::{
+    chime::{self, SdkUpstream, Upstream},
+    emulator::{Emulator, Fault},
+    pb::chime::v1::{UserType, chime_service_client::ChimeServiceClient},
+    server::ServeOptions,
+    service::ChimeGateway,
+    translate,
+};
 use common::{Gateway, emulator, request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio::net::TcpListener;
 use tonic::{
-    Code,
+    Code, IntoRequest,
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
+use tonic_types::StatusExt;
 
 async fn scrape(url: &str) -> (u16, String, String) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
@@ -66,6 +75,7 @@ async fn metrics_use_the_go_grpc_prometheus_names_and_count_upstream_attempts() 
         "chime_upstream_request_seconds_count 2".to_owned(),
         "grpc_server_in_flight 0".to_owned(),
         "chime_upstream_in_flight 0".to_owned(),
+        "chime_upstream_waiting 0".to_owned(),
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
     }
@@ -277,19 +287,132 @@ async fn without_keepalive_or_max_age_a_quiet_connection_stays_open() {
     assert!(!frames.contains(&PING) && !frames.contains(&GOAWAY), "{frames:?}");
 }
 
-async fn gateway_with_pool_idle(emu: &chime_gateway::emulator::Emulator, idle: Duration) -> Gateway {
-    use chime_gateway::chime;
+/// The SDK upstream on the gateway's HTTP client with these pool settings, as `main` builds it.
+async fn pooled_upstream(emu: &Emulator, idle: Duration, max_connections: Option<usize>) -> SdkUpstream {
     let (key, secret) = emu.credentials();
     let sdk = chime::load_static_sdk_config(&emu.endpoint_url(), key, secret).await;
-    let builder = aws_sdk_chime::config::Builder::from(&sdk).http_client(chime::http_client(idle));
+    let http = chime::http_client(idle, max_connections);
+    SdkUpstream::from_builder(aws_sdk_chime::config::Builder::from(&sdk).http_client(http))
+}
+
+async fn gateway_with_pool_idle(emu: &Emulator, idle: Duration) -> Gateway {
+    let upstream = pooled_upstream(emu, idle, None).await;
     let options = ServeOptions::with_grace(Duration::from_secs(1));
-    Gateway::start_with(
-        chime::SdkUpstream::from_builder(builder),
-        common::policy(),
-        8,
-        options,
-    )
-    .await
+    Gateway::start_with(upstream, common::policy(), 8, options).await
+}
+
+/// A gateway allowed `max` upstream connections, with its metrics port.
+async fn gateway_with_connections(emu: &Emulator, max: usize) -> (Gateway, String) {
+    let upstream = pooled_upstream(emu, Duration::from_secs(90), Some(max)).await;
+    let gateway = ChimeGateway::new(upstream, common::policy(), 64).with_upstream_connections(max);
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/metrics", metrics.local_addr().unwrap());
+    let mut options = ServeOptions::with_grace(Duration::from_secs(1));
+    options.metrics_listener = Some(metrics);
+    (Gateway::serve(gateway, options).await, url)
+}
+
+/// Scrapes `url` until `line` appears (true) or two seconds pass (false).
+async fn metric_appears(url: &str, line: &str) -> bool {
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        if scrape(url).await.2.lines().any(|l| l == line) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn calls_beyond_the_upstream_connection_limit_wait_for_one_then_succeed() {
+    let emu = emulator().await;
+    emu.inject(Fault::Latency { millis: 400 }, 6);
+    let (gw, metrics) = gateway_with_connections(&emu, 2).await;
+    let started = tokio::time::Instant::now();
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let gw_addr = gw.addr;
+            tokio::spawn(async move {
+                let channel = Channel::from_shared(format!("http://{gw_addr}")).unwrap();
+                let mut client = ChimeServiceClient::new(channel.connect().await.unwrap());
+                let email = format!("wait-{i}@example.com");
+                client
+                    .create_user(request(Some(&email), UserType::PrivateUser))
+                    .await
+            })
+        })
+        .collect();
+    assert!(
+        metric_appears(&metrics, "chime_upstream_waiting 4").await,
+        "four calls wait while two are upstream"
+    );
+    assert!(metric_appears(&metrics, "chime_upstream_in_flight 2").await);
+    for call in calls {
+        call.await.unwrap().expect("every waiting call is served in turn");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "three rounds of two"
+    );
+    assert_eq!(emu.requests().len(), 6);
+    assert_eq!(emu.connections(), 2, "no more connections than the limit");
+    assert!(metric_appears(&metrics, "chime_upstream_waiting 0").await);
+}
+
+#[tokio::test]
+async fn a_call_whose_deadline_passes_waiting_for_a_connection_is_upstream_busy() {
+    let emu = emulator().await;
+    emu.inject(Fault::Latency { millis: 800 }, 1);
+    let (gw, _) = gateway_with_connections(&emu, 1).await;
+    let mut first = gw.client().await;
+    let holder = tokio::spawn(async move {
+        first
+            .create_user(request(Some("first@example.com"), UserType::PrivateUser))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut late = request(Some("late@example.com"), UserType::PrivateUser).into_request();
+    late.set_timeout(Duration::from_millis(200));
+    let status = gw.client().await.create_user(late).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("every upstream connection was busy"),
+        "{status:?}"
+    );
+    let info = status.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.reason, "UPSTREAM_BUSY");
+    assert_eq!(info.domain, "chime-gateway");
+    assert_eq!(info.metadata["attempts"], "0");
+    holder
+        .await
+        .unwrap()
+        .expect("the call holding the connection completes");
+    assert_eq!(emu.requests().len(), 1, "the late call was never sent");
+}
+
+#[tokio::test]
+async fn the_upstream_pool_opens_no_more_connections_than_its_limit() {
+    let emu = emulator().await;
+    emu.inject(Fault::Latency { millis: 100 }, 4);
+    let upstream = std::sync::Arc::new(pooled_upstream(&emu, Duration::from_secs(90), Some(1)).await);
+    let calls: Vec<_> = (0..4)
+        .map(|i| {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let input = translate::to_input(request(
+                    Some(&format!("pool-{i}@example.com")),
+                    UserType::PrivateUser,
+                ));
+                upstream.create_user(input).await
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().expect("queued in the pool, then served");
+    }
+    assert_eq!(emu.requests().len(), 4);
+    assert_eq!(emu.connections(), 1);
 }
 
 #[tokio::test]

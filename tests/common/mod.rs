@@ -56,9 +56,13 @@ impl Gateway {
         max_concurrency: usize,
         options: ServeOptions,
     ) -> Self {
+        Self::serve(ChimeGateway::new(upstream, policy, max_concurrency), options).await
+    }
+
+    /// Serves a gateway built by the test.
+    pub async fn serve<U: Upstream>(gateway: ChimeGateway<U>, options: ServeOptions) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let gateway = ChimeGateway::new(upstream, policy, max_concurrency);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::run(listener, gateway, options, async {
             let _ = stopped.await;
