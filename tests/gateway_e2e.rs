@@ -455,9 +455,11 @@ async fn the_default_deadline_applies_when_the_caller_sets_none() {
 
 #[tokio::test]
 async fn a_refused_connection_is_unavailable_and_retried() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Bound but never listening: connections are refused, and while the socket lives no other
+    // test's server can take the port (a dropped listener's port could be reused meanwhile).
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
     let gw = Gateway::at_endpoint(&url, "AKIAIOSFODNN7EXAMPLE", "secret", policy()).await;
     let status = create(&gw, request(None, UserType::Unspecified))
         .await
