@@ -102,7 +102,7 @@ pub struct Config {
 
     /// Most upstream connections, and so upstream attempts at once; calls beyond wait for one
     /// within their deadline (DEADLINE_EXCEEDED, UPSTREAM_BUSY if it passes first).
-    #[arg(long, env = ENV_UPSTREAM_MAX_CONNECTIONS, default_value = "64")]
+    #[arg(long, env = ENV_UPSTREAM_MAX_CONNECTIONS, default_value = "256")]
     pub upstream_max_connections: NonZeroUsize,
 
     /// PEM certificate chain: serve TLS instead of plaintext (needs --tls-key).
@@ -167,7 +167,7 @@ mod tests {
         assert!(!c.emulate);
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.max_concurrency.get(), 1024);
-        assert_eq!(c.upstream_max_connections.get(), 64);
+        assert_eq!(c.upstream_max_connections.get(), 256);
     }
 
     #[test]

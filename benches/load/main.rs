@@ -8,7 +8,8 @@
 //! 3. `bare-tonic`: a tonic server answering a fixed response (the gRPC-only floor);
 //! 4. `*-half`: 1 and 2 at a fixed rate of half the gateway's saturated rate;
 //! 5. `overload`: 10x the gateway's concurrency limit against a slow emulator;
-//! 6. `in-flight-1000`: 1,000 calls held in flight by a slow emulator.
+//! 6. `in-flight-1000`: 1,000 calls held in flight by a slow emulator, with the default
+//!    `--upstream-max-connections` and then with others (the memory/throughput trade-off).
 //!
 //! Settings: `BENCH_SECONDS` (per scenario, default 5), `BENCH_CONCURRENCY` (default 32).
 
@@ -111,7 +112,7 @@ async fn suite() {
 
     let sdk = chime::load_static_sdk_config(&emulator.addr, procs::KEY_ID, procs::SECRET).await;
     let builder = aws_sdk_chime::config::Builder::from(&sdk)
-        .http_client(chime::http_client(Duration::from_secs(90), Some(64)));
+        .http_client(chime::http_client(Duration::from_secs(90), Some(256)));
     let upstream = std::sync::Arc::new(SdkUpstream::from_builder(builder));
     let sdk_fn = sdk_call(upstream);
     let gw_fn = grpc_call(grpc_client(&gateway.addr).await);
@@ -164,7 +165,10 @@ async fn suite() {
     drop(gateway);
 
     overload(&emulator.addr, seconds, &mut report).await;
-    in_flight(&emulator.addr, seconds, &mut report).await;
+    in_flight(&emulator.addr, seconds, None, &mut report).await;
+    for connections in [64, 128, 512, 2048] {
+        in_flight(&emulator.addr, seconds, Some(connections), &mut report).await;
+    }
     report.write();
 }
 
@@ -187,9 +191,25 @@ async fn overload(emulator: &str, seconds: Duration, report: &mut Report) {
     );
 }
 
-/// 1,000 calls in flight at once (the emulator holds each 20 ms), sampling RSS throughout.
-async fn in_flight(emulator: &str, seconds: Duration, report: &mut Report) {
-    let (gateway, _) = procs::gateway(emulator, &["--max-concurrency", "2048"]).await;
+/// 1,000 calls in flight at once (the emulator holds each 20 ms), sampling RSS throughout; with
+/// the default `--upstream-max-connections`, or with `connections`.
+async fn in_flight(emulator: &str, seconds: Duration, connections: Option<usize>, report: &mut Report) {
+    let mut args = vec!["--max-concurrency".to_owned(), "2048".to_owned()];
+    let (name, label) = match connections {
+        None => (
+            "in-flight-1000".to_owned(),
+            "closed loop, 1000 concurrent".to_owned(),
+        ),
+        Some(n) => {
+            args.extend(["--upstream-max-connections".to_owned(), n.to_string()]);
+            (
+                format!("in-flight-1000-conns-{n}"),
+                format!("closed loop, 1000 concurrent, --upstream-max-connections {n}"),
+            )
+        }
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (gateway, _) = procs::gateway(emulator, &args).await;
     let call = grpc_call(grpc_client(&gateway.addr).await);
     let pid = gateway.pid();
     let sampler = tokio::spawn(async move {
@@ -203,11 +223,7 @@ async fn in_flight(emulator: &str, seconds: Duration, report: &mut Report) {
     });
     let (run, cpu) = with_cpu(Some(pid), closed_loop(1000, seconds, call)).await;
     let peak = sampler.await.unwrap();
-    report.push(
-        Scenario::new("in-flight-1000", "closed loop, 1000 concurrent", run)
-            .cpu(cpu)
-            .rss(peak),
-    );
+    report.push(Scenario::new(&name, &label, run).cpu(cpu).rss(peak));
 }
 
 /// `--serve-bare ADDR`: a tonic server that answers every CreateUser with the same user.
