@@ -407,3 +407,47 @@ async fn overload_is_shed_fast_with_bounded_memory_and_the_gateway_recovers() {
         .expect("recovers when load drops");
     stderr_after_sigterm(child).await;
 }
+
+/// Three calls against an emulator that holds each 300 ms: how long they take together.
+async fn three_slow_calls(args: &[&str]) -> Duration {
+    let (_child, listen, emulator) = start_emulated_with_emulator(args, &[]).await;
+    let client = ChimeServiceClient::connect(format!("http://{listen}"))
+        .await
+        .unwrap();
+    let slow = r#"{"fault": {"kind": "latency", "millis": 300}, "times": 3}"#;
+    assert_eq!(
+        post_json(&format!("{emulator}/_emulator/faults"), slow).await,
+        204
+    );
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let mut c = client.clone();
+            let request = CreateUserRequest {
+                account_id: DEMO_ACCOUNT_ID.into(),
+                email: Some(format!("turn{i}@example.com")),
+                username: None,
+                user_type: UserType::PrivateUser as i32,
+            };
+            tokio::spawn(async move { c.create_user(request).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().expect("every call is served");
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn upstream_max_connections_makes_calls_take_turns_upstream() {
+    let one = three_slow_calls(&["--upstream-max-connections", "1"]).await;
+    assert!(
+        one >= Duration::from_millis(900),
+        "one connection: one call upstream at a time, {one:?}"
+    );
+    let default = three_slow_calls(&[]).await;
+    assert!(
+        default < Duration::from_millis(850),
+        "by default the three go upstream together, {default:?}"
+    );
+}
