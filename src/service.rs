@@ -141,9 +141,9 @@ impl<U: Upstream> ChimeGateway<U> {
         let attempt_loop = async {
             loop {
                 waiting = true;
-                let wait = WaitingGuard::new(&self.metrics);
+                let queued = WaitingGuard::new(&self.metrics);
                 let connection = self.connections.acquire().await.expect("never closed");
-                drop(wait);
+                drop(queued);
                 waiting = false;
                 attempts += 1;
                 let meter = self.metrics.upstream_started(attempts > 1);
