@@ -194,21 +194,17 @@ async fn overload(emulator: &str, seconds: Duration, report: &mut Report) {
 /// 1,000 calls in flight at once (the emulator holds each 20 ms), sampling RSS throughout; with
 /// the default `--upstream-max-connections`, or with `connections`.
 async fn in_flight(emulator: &str, seconds: Duration, connections: Option<usize>, report: &mut Report) {
-    let mut args = vec!["--max-concurrency".to_owned(), "2048".to_owned()];
-    let (name, label) = match connections {
-        None => (
-            "in-flight-1000".to_owned(),
-            "closed loop, 1000 concurrent".to_owned(),
-        ),
-        Some(n) => {
-            args.extend(["--upstream-max-connections".to_owned(), n.to_string()]);
-            (
-                format!("in-flight-1000-conns-{n}"),
-                format!("closed loop, 1000 concurrent, --upstream-max-connections {n}"),
-            )
-        }
-    };
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let limit = connections.map(|n| n.to_string());
+    let mut args = vec!["--max-concurrency", "2048"];
+    let (mut name, mut label) = (
+        "in-flight-1000".to_owned(),
+        "closed loop, 1000 concurrent".to_owned(),
+    );
+    if let Some(n) = &limit {
+        args.extend(["--upstream-max-connections", n]);
+        name += &format!("-conns-{n}");
+        label += &format!(", --upstream-max-connections {n}");
+    }
     let (gateway, _) = procs::gateway(emulator, &args).await;
     let call = grpc_call(grpc_client(&gateway.addr).await);
     let pid = gateway.pid();
