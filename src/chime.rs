@@ -1,4 +1,5 @@
-//! The one upstream call, `CreateUser`, through `aws-sdk-chime`, and the reading of its failures.
+//! The upstream calls through `aws-sdk-chime`: `CreateUser`, and the `ListUsers` lookup that settles
+//! a create whose outcome is unknown; and the reading of their failures.
 //!
 //! [`Upstream`] is deliberately narrow so the service can be tested without sockets. The SDK's own
 //! retries are off: CreateUser is not idempotent, so the service retries only what the contract
@@ -15,8 +16,9 @@ use aws_sdk_chime::{
     error::SdkError,
     operation::{
         RequestId,
-        create_user::{CreateUserError, CreateUserInput, CreateUserOutput},
+        create_user::{CreateUserInput, CreateUserOutput},
     },
+    types::User,
 };
 use aws_smithy_runtime_api::{
     client::{dns::ResolveDnsError, orchestrator::HttpResponse},
@@ -39,13 +41,30 @@ pub struct Created {
     pub request_id: Option<String>,
 }
 
-/// One CreateUser attempt against a Chime-compatible endpoint.
+/// A user found by [`Upstream::find_user_by_email`].
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The user, as `ListUsers` describes it.
+    pub user: User,
+    /// The `x-amzn-RequestId` of the `ListUsers` answer that held it.
+    pub request_id: Option<String>,
+}
+
+/// The calls the gateway makes to a Chime-compatible endpoint.
 pub trait Upstream: Send + Sync + 'static {
-    /// Sends one attempt; never retries.
+    /// Sends one CreateUser attempt; never retries.
     fn create_user(
         &self,
         input: CreateUserInput,
     ) -> impl Future<Output = Result<Created, UpstreamError>> + Send;
+
+    /// The account's user whose primary email is `email`, ignoring case (`ListUsers` filtered by
+    /// `user-email`, every page); `None` when there is none. Never retries.
+    fn find_user_by_email(
+        &self,
+        account_id: &str,
+        email: &str,
+    ) -> impl Future<Output = Result<Option<Found>, UpstreamError>> + Send;
 }
 
 /// [`Upstream`] through the official AWS SDK, built once and shared by every call.
@@ -149,10 +168,48 @@ impl Upstream for SdkUpstream {
             Err(error) => Err(classify(error)),
         }
     }
+
+    async fn find_user_by_email(
+        &self,
+        account_id: &str,
+        email: &str,
+    ) -> Result<Option<Found>, UpstreamError> {
+        let mut next_token = None;
+        loop {
+            let page = self
+                .client
+                .list_users()
+                .account_id(account_id)
+                .user_email(email)
+                .set_next_token(next_token)
+                .send()
+                .await
+                .map_err(classify)?;
+            let request_id = page.request_id().map(str::to_owned);
+            if let Some(user) = page.users().iter().find(|u| same_email(u, email)) {
+                let user = user.clone();
+                return Ok(Some(Found { user, request_id }));
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_owned()),
+                _ => return Ok(None),
+            }
+        }
+    }
 }
 
-/// Reads an SDK failure into what the wire showed.
-pub fn classify(error: SdkError<CreateUserError, HttpResponse>) -> UpstreamError {
+/// True when the user's primary email is `email`, ignoring case (as Chime compares them).
+pub fn same_email(user: &User, email: &str) -> bool {
+    user.primary_email
+        .as_deref()
+        .is_some_and(|e| e.to_lowercase() == email.to_lowercase())
+}
+
+/// Reads an SDK failure of any operation into what the wire showed.
+pub fn classify<E>(error: SdkError<E, HttpResponse>) -> UpstreamError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     if let Some(raw) = error.raw_response() {
         let status = raw.status().as_u16();
         if (200..300).contains(&status) {

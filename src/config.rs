@@ -39,6 +39,12 @@ pub const ENV_MAX_CONCURRENCY: &str = "CHIME_GATEWAY_MAX_CONCURRENCY";
 pub const ENV_SHUTDOWN_GRACE: &str = "CHIME_GATEWAY_SHUTDOWN_GRACE";
 /// Env var for `--emulate`.
 pub const ENV_EMULATE: &str = "CHIME_GATEWAY_EMULATE";
+/// Env var for `--idempotency-ttl`.
+pub const ENV_IDEMPOTENCY_TTL: &str = "CHIME_GATEWAY_IDEMPOTENCY_TTL";
+/// Env var for `--idempotency-capacity`.
+pub const ENV_IDEMPOTENCY_CAPACITY: &str = "CHIME_GATEWAY_IDEMPOTENCY_CAPACITY";
+/// Env var for `--reconcile`.
+pub const ENV_RECONCILE: &str = "CHIME_GATEWAY_RECONCILE";
 /// Env var for `--log-format`.
 pub const ENV_LOG_FORMAT: &str = "CHIME_GATEWAY_LOG_FORMAT";
 
@@ -105,6 +111,22 @@ pub struct Config {
     #[arg(long, env = ENV_UPSTREAM_MAX_CONNECTIONS, default_value = "256")]
     pub upstream_max_connections: NonZeroUsize,
 
+    /// How long the outcome of a request_id is kept: repeats within it get the same answer.
+    #[arg(long, env = ENV_IDEMPOTENCY_TTL, default_value = "15m", value_parser = positive_duration)]
+    pub idempotency_ttl: Duration,
+
+    /// Most request_id outcomes kept (an answer over 1 KiB counts once per KiB); the oldest
+    /// and least used go first. The default adds at most 16 MiB when full.
+    #[arg(long, env = ENV_IDEMPOTENCY_CAPACITY, default_value = "10000",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idempotency_capacity: u64,
+
+    /// When an attempt's outcome is unknown (timeout, lost connection, 500/502/504), look the
+    /// user up by email (ListUsers) instead of answering the error (needs chime:ListUsers).
+    #[arg(long, env = ENV_RECONCILE, value_parser = BoolishValueParser::new(), default_value = "true",
+          num_args = 0..=1, default_missing_value = "true")]
+    pub reconcile: bool,
+
     /// PEM certificate chain: serve TLS instead of plaintext (needs --tls-key).
     #[arg(long, env = ENV_TLS_CERT, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -168,6 +190,27 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.max_concurrency.get(), 1024);
         assert_eq!(c.upstream_max_connections.get(), 256);
+        assert_eq!(c.idempotency_ttl, Duration::from_secs(15 * 60));
+        assert_eq!(c.idempotency_capacity, 10_000);
+        assert!(c.reconcile);
+    }
+
+    #[test]
+    fn request_id_settings_are_read() {
+        let c = parse(&[
+            "--idempotency-ttl",
+            "90s",
+            "--idempotency-capacity",
+            "7",
+            "--reconcile",
+            "false",
+        ])
+        .unwrap();
+        assert_eq!(c.idempotency_ttl, Duration::from_secs(90));
+        assert_eq!(c.idempotency_capacity, 7);
+        assert!(!c.reconcile);
+        assert!(parse(&["--reconcile"]).unwrap().reconcile);
+        assert!(!parse(&["--reconcile=off"]).unwrap().reconcile);
     }
 
     #[test]
@@ -197,6 +240,11 @@ mod tests {
             &["--tls-cert", "cert.pem"],
             &["--tls-client-ca", "ca.pem"],
             &["--max-message-size", "10"],
+            &["--idempotency-ttl", "0s"],
+            &["--idempotency-ttl", "forever"],
+            &["--idempotency-capacity", "0"],
+            &["--idempotency-capacity", "many"],
+            &["--reconcile", "maybe"],
         ] {
             let err = parse(args).unwrap_err();
             let line = one_line(&err);

@@ -85,6 +85,44 @@ impl UpstreamError {
     }
 }
 
+/// True when an attempt that failed so may still have created the user (SPEC section 7): the
+/// failures that reconciliation settles by looking the user up.
+pub fn outcome_unknown(error: &UpstreamError) -> bool {
+    match error {
+        UpstreamError::Response(r) => matches!(r.status, 500 | 502 | 504),
+        UpstreamError::ConnectionLost(_) | UpstreamError::AttemptTimeout => true,
+        UpstreamError::Unparseable { .. }
+        | UpstreamError::NotSent(_)
+        | UpstreamError::NoCredentials(_)
+        | UpstreamError::Construction(_) => false,
+    }
+}
+
+/// True for the upstream answers that no retry can change, which a request id keeps (SPEC
+/// section 7): 400, 401, 403, 404, 409, 412, 422.
+pub fn is_final(status: u16) -> bool {
+    matches!(status, 400 | 401 | 403 | 404 | 409 | 412 | 422)
+}
+
+/// What a lookup of a create whose outcome was unknown found, when it did not find the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconciliation {
+    /// No such user: the create did not happen, so the caller may safely retry.
+    NotFound,
+    /// The lookup itself failed (denied, throttled, unreachable, out of time).
+    Failed,
+}
+
+impl Reconciliation {
+    /// The value of the `reconciliation` ErrorInfo metadata key (and of the metric's label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reconciliation::NotFound => "not_found",
+            Reconciliation::Failed => "failed",
+        }
+    }
+}
+
 /// How one kind of failure is answered: a row of the contract's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rule {
@@ -148,7 +186,12 @@ pub enum CallError {
         error: UpstreamError,
         /// How many attempts were made.
         attempts: u32,
+        /// What the lookup of an unknown outcome found, when one was made and found no user.
+        reconciliation: Option<Reconciliation>,
     },
+    /// The request id was first used for a different request; nothing was sent.
+    #[error("the request_id was already used for a different request")]
+    RequestIdReused,
     /// The caller's deadline (or `--default-deadline`) passed first.
     #[error("the call's deadline passed after {attempts} upstream attempt(s)")]
     DeadlineExceeded {
@@ -176,7 +219,7 @@ impl CallError {
     /// The gRPC code, for logs and metrics.
     pub fn code(&self) -> Code {
         match self {
-            CallError::Invalid(_) => Code::InvalidArgument,
+            CallError::Invalid(_) | CallError::RequestIdReused => Code::InvalidArgument,
             CallError::Upstream { error, .. } => rule(error).code,
             CallError::DeadlineExceeded { .. } | CallError::UpstreamBusy { .. } => Code::DeadlineExceeded,
             CallError::Overloaded | CallError::ShuttingDown => Code::Unavailable,
@@ -195,8 +238,20 @@ impl CallError {
                 let fields: Vec<&str> = violations.iter().map(|v| v.field).collect();
                 format!("invalid CreateUserRequest: {}", fields.join(", "))
             }
-            CallError::Upstream { error, attempts } => {
-                return upstream_status(error, *attempts);
+            CallError::Upstream {
+                error,
+                attempts,
+                reconciliation,
+            } => {
+                return upstream_status(error, *attempts, *reconciliation);
+            }
+            CallError::RequestIdReused => {
+                details.add_bad_request_violation(
+                    "request_id",
+                    "a request_id names one request: use a new one for a different request",
+                );
+                details.set_error_info("REQUEST_ID_REUSED", GATEWAY_DOMAIN, HashMap::new());
+                self.to_string()
             }
             CallError::DeadlineExceeded { attempts } => {
                 let meta = HashMap::from([("attempts".to_owned(), attempts.to_string())]);
@@ -223,10 +278,13 @@ impl CallError {
     }
 }
 
-fn upstream_status(error: &UpstreamError, attempts: u32) -> Status {
+fn upstream_status(error: &UpstreamError, attempts: u32, reconciliation: Option<Reconciliation>) -> Status {
     let rule = rule(error);
     let mut details = ErrorDetails::new();
     let mut meta = HashMap::from([("attempts".to_owned(), attempts.to_string())]);
+    if let Some(r) = reconciliation {
+        meta.insert("reconciliation".to_owned(), r.as_str().to_owned());
+    }
     let (message, request_id, retry_after) = match error {
         UpstreamError::Response(r) => {
             meta.insert("http_status".to_owned(), r.status.to_string());

@@ -23,7 +23,12 @@ fn io_error() -> BoxError {
 }
 
 fn status_of(error: UpstreamError) -> Status {
-    CallError::Upstream { error, attempts: 1 }.to_status()
+    CallError::Upstream {
+        error,
+        attempts: 1,
+        reconciliation: None,
+    }
+    .to_status()
 }
 
 /// Checks a status's code, ErrorInfo domain and reason, and whether RetryInfo is attached.

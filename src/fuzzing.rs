@@ -50,6 +50,7 @@ pub fn upstream_error(data: &[u8]) {
     let status = CallError::Upstream {
         error: UpstreamError::Response(response),
         attempts: 1,
+        reconciliation: None,
     }
     .to_status();
     assert_ne!(status.code(), tonic::Code::Ok);

@@ -21,6 +21,7 @@ pub mod config;
 pub mod emulator;
 pub mod error;
 pub mod fuzzing;
+pub mod idempotency;
 pub mod metrics;
 pub mod pb;
 pub mod server;

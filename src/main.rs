@@ -100,9 +100,11 @@ async fn serve(config: Config, tls: Option<ServerTlsConfig>) -> anyhow::Result<(
         default_deadline: config.default_deadline,
         max_attempts,
         backoff: Backoff::default(),
+        reconcile: config.reconcile,
     };
     let gateway = ChimeGateway::new(upstream, policy, config.max_concurrency.get())
-        .with_upstream_connections(config.upstream_max_connections.get());
+        .with_upstream_connections(config.upstream_max_connections.get())
+        .with_idempotency(config.idempotency_ttl, config.idempotency_capacity);
     let shutdown = server::shutdown_signal().context("cannot install the signal handlers")?;
     println!("chime-gateway: serving chime.v1.ChimeService on {listen}");
     println!("chime-gateway: metrics on http://{metrics_addr}/metrics");
@@ -123,7 +125,8 @@ async fn serve(config: Config, tls: Option<ServerTlsConfig>) -> anyhow::Result<(
 
 fn try_it_line(listen: std::net::SocketAddr) -> String {
     format!(
-        "grpcurl -plaintext -d '{{\"account_id\":\"{}\",\"email\":\"jane@example.com\",\"user_type\":\"USER_TYPE_PRIVATE_USER\"}}' {listen} chime.v1.ChimeService/CreateUser",
-        emulator::DEMO_ACCOUNT_ID
+        "grpcurl -plaintext -d '{{\"account_id\":\"{}\",\"email\":\"jane@example.com\",\"user_type\":\"USER_TYPE_PRIVATE_USER\",\"request_id\":\"{}\"}}' {listen} chime.v1.ChimeService/CreateUser",
+        emulator::DEMO_ACCOUNT_ID,
+        uuid::Uuid::new_v4()
     )
 }

@@ -45,6 +45,14 @@ struct UpstreamLabels {
     http_status: Name,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconciliationLabels {
+    outcome: &'static str,
+}
+
+/// The outcomes of a reconciliation lookup, as the metric's `outcome` label spells them.
+pub const RECONCILIATION_OUTCOMES: [&str; 3] = ["found", "not_found", "failed"];
+
 /// Every metric the gateway exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -58,6 +66,8 @@ pub struct Metrics {
     upstream_retries: Counter,
     upstream_in_flight: Gauge,
     upstream_waiting: Gauge,
+    reconciliations: Family<ReconciliationLabels, Counter>,
+    replays: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -76,6 +86,12 @@ impl Default for Metrics {
         let upstream_retries = Counter::default();
         let upstream_in_flight = Gauge::default();
         let upstream_waiting = Gauge::default();
+        let reconciliations = Family::<ReconciliationLabels, Counter>::default();
+        let replays = Counter::default();
+        for outcome in RECONCILIATION_OUTCOMES {
+            // Exported from the start at 0, so rates and alerts see every series.
+            let _ = reconciliations.get_or_create(&ReconciliationLabels { outcome });
+        }
         registry.register(
             "grpc_server_started",
             "Total number of RPCs started on the server.",
@@ -121,6 +137,16 @@ impl Default for Metrics {
             "Calls waiting now for one of the --upstream-max-connections upstream connections.",
             upstream_waiting.clone(),
         );
+        registry.register(
+            "chime_gateway_reconciliations",
+            "Lookups (ListUsers by email) of creates whose outcome was unknown, by outcome.",
+            reconciliations.clone(),
+        );
+        registry.register(
+            "chime_gateway_replays",
+            "Calls answered with the kept or in-flight answer of an earlier call with the same request_id.",
+            replays.clone(),
+        );
         Self {
             registry,
             started,
@@ -132,6 +158,8 @@ impl Default for Metrics {
             upstream_retries,
             upstream_in_flight,
             upstream_waiting,
+            reconciliations,
+            replays,
         }
     }
 }
@@ -159,6 +187,18 @@ impl Metrics {
             labels: Some(labels),
             started: Instant::now(),
         }
+    }
+
+    /// Counts a reconciliation lookup by its outcome (one of [`RECONCILIATION_OUTCOMES`]).
+    pub fn reconciled(&self, outcome: &'static str) {
+        self.reconciliations
+            .get_or_create(&ReconciliationLabels { outcome })
+            .inc();
+    }
+
+    /// Counts a call answered with an earlier call's answer.
+    pub fn replayed(&self) {
+        self.replays.inc();
     }
 
     /// Counts an upstream attempt about to be sent; the guard records its outcome.
@@ -469,6 +509,31 @@ mod tests {
             m.encode()
                 .contains("grpc_service=\"x.Y\",grpc_method=\"Z\",grpc_code=\"Canceled\"} 1")
         );
+    }
+
+    #[test]
+    fn reconciliations_and_replays_are_exported_from_the_start_and_counted() {
+        let m = Metrics::default();
+        let text = m.encode();
+        for outcome in RECONCILIATION_OUTCOMES {
+            let line = format!("chime_gateway_reconciliations_total{{outcome=\"{outcome}\"}} 0");
+            assert!(text.contains(&line), "{text}");
+        }
+        assert!(text.contains("chime_gateway_replays_total 0"), "{text}");
+        m.reconciled("found");
+        m.reconciled("found");
+        m.reconciled("failed");
+        m.replayed();
+        let text = m.encode();
+        assert!(
+            text.contains("chime_gateway_reconciliations_total{outcome=\"found\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chime_gateway_reconciliations_total{outcome=\"failed\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("chime_gateway_replays_total 1"), "{text}");
     }
 
     #[test]

@@ -1,21 +1,32 @@
 //! `chime.v1.ChimeService`: receives a call, bounds it in time and concurrency, validates it,
-//! makes the upstream attempts the contract allows, and answers.
+//! makes the upstream attempts the contract allows, settles unknown outcomes, and answers.
 //!
-//! Owns the call's policy (deadline, attempt timeout, retries with backoff, the concurrency limit)
-//! and the one log line per call. Conversions live in `translate`, status mapping in `error`.
+//! Owns the call's policy (deadline, attempt timeout, retries with backoff, the concurrency limit,
+//! request ids and reconciliation) and the one log line per call. What a request id keeps lives in
+//! `idempotency`, conversions in `translate`, status mapping in `error`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use rand::Rng;
 use tokio::{
     sync::{Semaphore, watch},
     time::{Instant, sleep, timeout, timeout_at},
 };
-use tonic::{Request, Response, Status, metadata::MetadataMap, metadata::MetadataValue};
+use tonic::{
+    Request, Response, Status,
+    metadata::{MetadataMap, MetadataValue},
+};
 
 use crate::{
-    chime::{Created, Upstream},
-    error::{self, CallError, REQUEST_ID_KEY, UpstreamError},
+    chime::{Created, Found, Upstream},
+    error::{self, CallError, ErrorResponse, REQUEST_ID_KEY, Reconciliation, UpstreamError},
+    idempotency::{Doubt, Ending, Fingerprint, Footprint, Key, Ledger, Outcome},
     metrics::{Metrics, WaitingGuard},
     pb::chime::v1::{CreateUserRequest, CreateUserResponse, chime_service_server::ChimeService},
     telemetry, translate, validate,
@@ -27,11 +38,19 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// details) reaches the caller, and tonic's transport timeout (which answers CANCELLED) never
 /// fires first.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+/// Response metadata set when the answer is an earlier call's, for the same request id.
+pub const REPLAYED_KEY: &str = "x-chime-gateway-replayed";
+/// Response metadata set when the user was found by a lookup after an unknown outcome.
+pub const RECONCILED_KEY: &str = "x-chime-gateway-reconciled";
+/// How long a request id's outcome is kept by default.
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(15 * 60);
+/// How many outcomes are kept by default: a full ledger adds at most 16 MiB (BENCHMARKS.md).
+pub const DEFAULT_IDEMPOTENCY_CAPACITY: u64 = 10_000;
 
-/// How each call is bounded and retried.
+/// How each call is bounded, retried and settled.
 #[derive(Debug, Clone)]
 pub struct CallPolicy {
-    /// The limit of each upstream attempt.
+    /// The limit of each upstream attempt (and of each reconciliation lookup).
     pub upstream_timeout: Duration,
     /// The call's deadline when the caller set none.
     pub default_deadline: Duration,
@@ -39,6 +58,8 @@ pub struct CallPolicy {
     pub max_attempts: u32,
     /// Backoff between those attempts.
     pub backoff: Backoff,
+    /// Look the user up by email when an attempt's outcome is unknown.
+    pub reconcile: bool,
 }
 
 /// Exponential backoff with full jitter; an upstream `Retry-After` takes precedence.
@@ -73,6 +94,82 @@ impl Backoff {
     }
 }
 
+/// A user to answer with.
+#[derive(Debug, Clone)]
+pub struct Success {
+    /// The response message.
+    pub response: CreateUserResponse,
+    /// The upstream's `x-amzn-RequestId` of the answer that carried the user.
+    pub request_id: Option<String>,
+    /// The user was found by a lookup after an unknown outcome, not in a create's answer.
+    pub reconciled: bool,
+}
+
+impl Success {
+    fn created(created: Created) -> Self {
+        Self {
+            response: translate::from_output(created.output),
+            request_id: created.request_id,
+            reconciled: false,
+        }
+    }
+
+    fn reconciled(found: Found) -> Self {
+        Self {
+            response: CreateUserResponse {
+                user: Some(translate::user(found.user)),
+            },
+            request_id: found.request_id,
+            reconciled: true,
+        }
+    }
+}
+
+/// An upstream refusal no retry can change, kept for a request id's repeats.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    response: ErrorResponse,
+    attempts: u32,
+}
+
+/// What a request id keeps: the user, or the final refusal.
+pub type Kept = Result<Success, Refused>;
+
+impl Footprint for Kept {
+    fn footprint(&self) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let size = std::mem::size_of::<Self>();
+        match self {
+            Ok(s) => size + prost::Message::encoded_len(&s.response) * 2 + text(&s.request_id),
+            Err(r) => {
+                let e = &r.response;
+                size + text(&e.error_type) + text(&e.code) + text(&e.message) + text(&e.request_id)
+            }
+        }
+    }
+}
+
+/// One call's answer, as the log line, the metrics and the response need it.
+struct Answered {
+    result: Result<Success, Arc<CallError>>,
+    /// Upstream attempts this call made.
+    attempts: u32,
+    /// The answer is an earlier (or concurrent) call's, for the same request id.
+    replayed: bool,
+}
+
+/// The attempts of one call, and whether any may have created the user unseen.
+struct Attempted {
+    result: Result<Success, CallError>,
+    in_doubt: bool,
+}
+
+/// What a lookup after an unknown outcome found.
+enum Lookup {
+    Found(Box<Found>),
+    Missing(Reconciliation),
+}
+
 /// The `ChimeService` implementation, generic over the upstream so tests can swap it.
 pub struct ChimeGateway<U> {
     upstream: Arc<U>,
@@ -81,6 +178,7 @@ pub struct ChimeGateway<U> {
     connections: Arc<Semaphore>,
     cancel: Arc<watch::Sender<bool>>,
     metrics: Arc<Metrics>,
+    ledger: Ledger<Kept>,
 }
 
 /// Ends every call still in flight with UNAVAILABLE: the last step of a shutdown whose grace ran out.
@@ -104,6 +202,7 @@ impl<U: Upstream> ChimeGateway<U> {
             connections: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
             cancel: Arc::new(watch::Sender::new(false)),
             metrics: Arc::new(Metrics::default()),
+            ledger: Ledger::new(DEFAULT_IDEMPOTENCY_TTL, DEFAULT_IDEMPOTENCY_CAPACITY),
         }
     }
 
@@ -111,6 +210,12 @@ impl<U: Upstream> ChimeGateway<U> {
     /// beyond wait for one, within their deadline.
     pub fn with_upstream_connections(mut self, max: usize) -> Self {
         self.connections = Arc::new(Semaphore::new(max));
+        self
+    }
+
+    /// Keeps each request id's outcome for `ttl`, and at most `capacity` of them.
+    pub fn with_idempotency(mut self, ttl: Duration, capacity: u64) -> Self {
+        self.ledger = Ledger::new(ttl, capacity);
         self
     }
 
@@ -124,20 +229,58 @@ impl<U: Upstream> ChimeGateway<U> {
         Canceller(self.cancel.clone())
     }
 
-    async fn handle(
+    async fn handle(&self, request: CreateUserRequest, deadline: Instant) -> Answered {
+        let answer = |result: Result<Success, CallError>, attempts| Answered {
+            result: result.map_err(Arc::new),
+            attempts,
+            replayed: false,
+        };
+        let Ok(_permit) = self.permits.try_acquire() else {
+            return answer(Err(CallError::Overloaded), 0);
+        };
+        if let Err(violations) = validate::validate(&request) {
+            return answer(Err(CallError::Invalid(violations)), 0);
+        }
+        let attempts = AtomicU32::new(0);
+        let Some(id) = validate::request_id(&request.request_id) else {
+            let attempted = self
+                .attempt_all(request, deadline, Doubt::none(), &attempts)
+                .await;
+            return answer(attempted.result, attempts.into_inner());
+        };
+        let key = Key::new(&request.account_id, id);
+        let fingerprint = Fingerprint::of(&request);
+        let run = self.ledger.run(key, fingerprint, |doubt| async {
+            let attempted = self.attempt_all(request, deadline, doubt, &attempts).await;
+            ending(attempted)
+        });
+        let outcome = timeout_at(deadline, run).await;
+        let attempts = attempts.into_inner();
+        match outcome {
+            Err(_) => answer(Err(CallError::DeadlineExceeded { attempts }), attempts),
+            Ok(Outcome::Reused) => answer(Err(CallError::RequestIdReused), 0),
+            Ok(Outcome::Answer { result, replayed }) => Answered {
+                result: result.and_then(|kept| kept.map_err(|r| Arc::new(r.into_error()))),
+                attempts,
+                replayed,
+            },
+        }
+    }
+
+    /// Makes the attempts the contract allows, settling unknown outcomes by a lookup.
+    async fn attempt_all(
         &self,
         request: CreateUserRequest,
         deadline: Instant,
-    ) -> (Result<Created, CallError>, u32) {
-        let Ok(_permit) = self.permits.try_acquire() else {
-            return (Err(CallError::Overloaded), 0);
-        };
-        if let Err(violations) = validate::validate(&request) {
-            return (Err(CallError::Invalid(violations)), 0);
-        }
+        mut doubt: Doubt,
+        attempts: &AtomicU32,
+    ) -> Attempted {
+        let email = request.email.clone().filter(|_| self.policy.reconcile);
+        let account_id = request.account_id.clone();
         let input = translate::to_input(request);
-        let mut attempts = 0;
-        let mut waiting = false;
+        let (mut waiting, mut sending, mut in_doubt) = (false, false, false);
+        // The failure a lookup is settling: still the answer if the deadline cuts the lookup.
+        let mut unsettled = None;
         let attempt_loop = async {
             loop {
                 waiting = true;
@@ -145,51 +288,142 @@ impl<U: Upstream> ChimeGateway<U> {
                 let connection = self.connections.acquire().await.expect("never closed");
                 drop(queued);
                 waiting = false;
-                attempts += 1;
-                let meter = self.metrics.upstream_started(attempts > 1);
-                let attempt_span = tracing::info_span!(
-                    "chime.upstream_attempt",
-                    otel.kind = "client",
-                    rpc.system = "aws-api",
-                    attempt = attempts,
-                );
-                // Boxed, so a call that waits above holds a small future, not the SDK's.
-                let sent = Box::pin(self.upstream.create_user(input.clone()).instrument(attempt_span));
-                let error = match timeout(self.policy.upstream_timeout, sent).await {
-                    Ok(Ok(created)) => {
-                        meter.finish(Some(201));
-                        return Ok(created);
-                    }
-                    Ok(Err(error)) => error,
-                    Err(_) => UpstreamError::AttemptTimeout,
+                let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                doubt.sent().await;
+                sending = true;
+                let error = match self.attempt(input.clone(), n).await {
+                    Ok(created) => return Ok(Success::created(created)),
+                    Err(error) => error,
                 };
-                meter.finish(error.http_status());
-                if let Some(wait) = self.retry_wait(&error, attempts, deadline) {
+                sending = false;
+                let unknown = error::outcome_unknown(&error);
+                // A 2xx whose body could not be read created the user, unseen.
+                in_doubt |= unknown || matches!(error, UpstreamError::Unparseable { .. });
+                let conflict = error.http_status() == Some(409);
+                if let Some(email) = email.as_deref()
+                    && (unknown || (conflict && (in_doubt || doubt.before)))
+                {
+                    unsettled = Some(error);
+                    let lookup = self.look_up(&account_id, email, deadline).await;
+                    let error = unsettled.take().expect("set above");
+                    let missing = match lookup {
+                        Lookup::Found(found) => return Ok(Success::reconciled(*found)),
+                        Lookup::Missing(missing) => missing,
+                    };
+                    if missing == Reconciliation::NotFound
+                        && !conflict
+                        && let Some(wait) = self.another_attempt(n, None, deadline)
+                    {
+                        drop(connection);
+                        sleep(wait).await;
+                        continue;
+                    }
+                    return Err(CallError::Upstream {
+                        error,
+                        attempts: n,
+                        reconciliation: Some(missing),
+                    });
+                }
+                if let Some(wait) = self.retry_wait(&error, n, deadline) {
                     drop(connection);
                     sleep(wait).await;
                     continue;
                 }
-                return Err(CallError::Upstream { error, attempts });
+                return Err(CallError::Upstream {
+                    error,
+                    attempts: n,
+                    reconciliation: None,
+                });
             }
         };
         let result = timeout_at(deadline, attempt_loop).await;
-        let late = if waiting {
-            CallError::UpstreamBusy { attempts }
-        } else {
-            CallError::DeadlineExceeded { attempts }
+        let attempts = attempts.load(Ordering::Relaxed);
+        let result = result.unwrap_or_else(|_| {
+            Err(if waiting {
+                CallError::UpstreamBusy { attempts }
+            } else if let Some(error) = unsettled {
+                self.metrics.reconciled(Reconciliation::Failed.as_str());
+                CallError::Upstream {
+                    error,
+                    attempts,
+                    reconciliation: Some(Reconciliation::Failed),
+                }
+            } else {
+                CallError::DeadlineExceeded { attempts }
+            })
+        });
+        Attempted {
+            result,
+            // The deadline cut an attempt short: it may have created the user.
+            in_doubt: in_doubt || sending,
+        }
+    }
+
+    /// One upstream CreateUser attempt, bounded by `--upstream-timeout`, metered and traced.
+    async fn attempt(
+        &self,
+        input: aws_sdk_chime::operation::create_user::CreateUserInput,
+        n: u32,
+    ) -> Result<Created, UpstreamError> {
+        let meter = self.metrics.upstream_started(n > 1);
+        let span = tracing::info_span!(
+            "chime.upstream_attempt",
+            otel.kind = "client",
+            rpc.system = "aws-api",
+            attempt = n,
+        );
+        // Boxed, so a call that waits for a connection holds a small future, not the SDK's.
+        let sent = Box::pin(self.upstream.create_user(input).instrument(span));
+        let result = timeout(self.policy.upstream_timeout, sent)
+            .await
+            .unwrap_or(Err(UpstreamError::AttemptTimeout));
+        meter.finish(match &result {
+            Ok(_) => Some(201),
+            Err(error) => error.http_status(),
+        });
+        result
+    }
+
+    /// Asks the upstream whether the user exists, within the attempt timeout and the deadline.
+    async fn look_up(&self, account_id: &str, email: &str, deadline: Instant) -> Lookup {
+        let limit = deadline.min(Instant::now() + self.policy.upstream_timeout);
+        let span = tracing::info_span!("chime.reconcile", otel.kind = "client", rpc.system = "aws-api",);
+        let found = Box::pin(
+            self.upstream
+                .find_user_by_email(account_id, email)
+                .instrument(span),
+        );
+        let (lookup, outcome) = match timeout_at(limit, found).await {
+            Ok(Ok(Some(found))) => (Lookup::Found(Box::new(found)), "found"),
+            Ok(Ok(None)) => (Lookup::Missing(Reconciliation::NotFound), "not_found"),
+            Ok(Err(_)) | Err(_) => (Lookup::Missing(Reconciliation::Failed), "failed"),
         };
-        (result.unwrap_or(Err(late)), attempts)
+        self.metrics.reconciled(outcome);
+        lookup
     }
 
     /// The wait before another attempt, when the contract allows one and it fits the deadline.
     fn retry_wait(&self, error: &UpstreamError, attempts: u32, deadline: Instant) -> Option<Duration> {
-        if !error::rule(error).retryable || attempts >= self.policy.max_attempts {
+        if !error::rule(error).retryable {
             return None;
         }
         let retry_after = match error {
             UpstreamError::Response(r) => r.retry_after,
             _ => None,
         };
+        self.another_attempt(attempts, retry_after, deadline)
+    }
+
+    /// The wait before attempt `attempts + 1`, when `AWS_MAX_ATTEMPTS` and the deadline allow it.
+    fn another_attempt(
+        &self,
+        attempts: u32,
+        retry_after: Option<Duration>,
+        deadline: Instant,
+    ) -> Option<Duration> {
+        if attempts >= self.policy.max_attempts {
+            return None;
+        }
         let wait = self.policy.backoff.delay(attempts, retry_after);
         (Instant::now() + wait < deadline).then_some(wait)
     }
@@ -202,23 +436,76 @@ impl<U: Upstream> ChimeGateway<U> {
         let budget = caller_timeout(request.metadata()).unwrap_or(self.policy.default_deadline);
         let deadline = started + budget.saturating_sub(DEADLINE_MARGIN);
         let mut cancelled = self.cancel.subscribe();
-        let (result, attempts) = tokio::select! {
-            outcome = self.handle(request.into_inner(), deadline) => outcome,
-            _ = cancelled.wait_for(|c| *c) => (Err(CallError::ShuttingDown), 0),
+        let answered = tokio::select! {
+            answered = self.handle(request.into_inner(), deadline) => answered,
+            _ = cancelled.wait_for(|c| *c) => Answered {
+                result: Err(Arc::new(CallError::ShuttingDown)),
+                attempts: 0,
+                replayed: false,
+            },
         };
-        let code = result.as_ref().map_or_else(CallError::code, |_| tonic::Code::Ok);
+        let code = answered
+            .result
+            .as_ref()
+            .map_or_else(|e| e.code(), |_| tonic::Code::Ok);
         tracing::Span::current().record("rpc.grpc.status_code", code as i32);
-        log_call(&result, attempts, started.elapsed());
-        let created = result.map_err(|e| e.to_status())?;
-        let request_id = created
+        log_call(&answered, started.elapsed());
+        if answered.replayed {
+            self.metrics.replayed();
+        }
+        let flag = MetadataValue::from_static("true");
+        let success = match answered.result {
+            Ok(success) => success,
+            Err(error) => {
+                let mut status = error.to_status();
+                if answered.replayed {
+                    status.metadata_mut().insert(REPLAYED_KEY, flag);
+                }
+                return Err(status);
+            }
+        };
+        let mut response = Response::new(success.response);
+        let metadata = response.metadata_mut();
+        if let Some(id) = success
             .request_id
             .as_deref()
-            .and_then(|id| MetadataValue::try_from(id).ok());
-        let mut response = Response::new(translate::from_output(created.output));
-        if let Some(id) = request_id {
-            response.metadata_mut().insert(REQUEST_ID_KEY, id);
+            .and_then(|id| MetadataValue::try_from(id).ok())
+        {
+            metadata.insert(REQUEST_ID_KEY, id);
+        }
+        if success.reconciled {
+            metadata.insert(RECONCILED_KEY, flag.clone());
+        }
+        if answered.replayed {
+            metadata.insert(REPLAYED_KEY, flag);
         }
         Ok(response)
+    }
+}
+
+impl Refused {
+    fn into_error(self) -> CallError {
+        CallError::Upstream {
+            error: UpstreamError::Response(self.response),
+            attempts: self.attempts,
+            reconciliation: None,
+        }
+    }
+}
+
+/// What a request id keeps of a call: its user, or a refusal no retry can change.
+fn ending(attempted: Attempted) -> Ending<Kept, CallError> {
+    match attempted.result {
+        Ok(success) => Ending::Final(Ok(success)),
+        Err(CallError::Upstream {
+            error: UpstreamError::Response(response),
+            attempts,
+            reconciliation: None,
+        }) if error::is_final(response.status) => Ending::Final(Err(Refused { response, attempts })),
+        Err(error) => Ending::Passing {
+            error,
+            in_doubt: attempted.in_doubt,
+        },
     }
 }
 
@@ -241,38 +528,47 @@ impl<U: Upstream> ChimeService for ChimeGateway<U> {
 }
 
 /// One line per call; never the request's fields, which may be sensitive.
-fn log_call(result: &Result<Created, CallError>, attempts: u32, latency: Duration) {
+fn log_call(answered: &Answered, latency: Duration) {
     let latency_ms = latency.as_secs_f64() * 1000.0;
-    match result {
-        Ok(created) => tracing::info!(
+    let (attempts, replayed) = (answered.attempts, answered.replayed);
+    match &answered.result {
+        Ok(success) => tracing::info!(
             method = "CreateUser",
             grpc_code = "OK",
-            upstream_status = 201,
+            upstream_status = if success.reconciled { 200 } else { 201 },
             attempts,
+            reconciled = success.reconciled,
+            replayed,
             latency_ms,
-            aws_request_id = created.request_id.as_deref().unwrap_or(""),
+            aws_request_id = success.request_id.as_deref().unwrap_or(""),
             "call finished"
         ),
         Err(error) => {
-            let (upstream_status, aws_request_id) = match error {
+            let (upstream_status, aws_request_id, reconciliation) = match &**error {
                 CallError::Upstream {
                     error: UpstreamError::Response(r),
+                    reconciliation,
                     ..
-                } => (r.status, r.request_id.as_deref().unwrap_or("")),
+                } => (r.status, r.request_id.as_deref().unwrap_or(""), *reconciliation),
                 CallError::Upstream {
                     error:
                         UpstreamError::Unparseable {
                             status, request_id, ..
                         },
+                    reconciliation,
                     ..
-                } => (*status, request_id.as_deref().unwrap_or("")),
-                _ => (0, ""),
+                } => (*status, request_id.as_deref().unwrap_or(""), *reconciliation),
+                CallError::Upstream { reconciliation, .. } => (0, "", *reconciliation),
+                _ => (0, "", None),
             };
             tracing::info!(
                 method = "CreateUser",
                 grpc_code = ?error.code(),
                 upstream_status,
                 attempts,
+                reconciled = false,
+                reconciliation = reconciliation.map_or("", Reconciliation::as_str),
+                replayed,
                 latency_ms,
                 aws_request_id,
                 error = %error,

@@ -1,4 +1,5 @@
-//! The call policy with a scripted in-memory upstream: no sockets.
+//! The call policy with a scripted in-memory upstream: no sockets. Retries, reconciliation of
+//! unknown outcomes and request ids, rule by rule (SPEC sections 3 and 7).
 
 use std::{
     collections::VecDeque,
@@ -8,32 +9,69 @@ use std::{
     },
 };
 
-use aws_sdk_chime::operation::create_user::{CreateUserInput, CreateUserOutput};
+use aws_sdk_chime::{
+    operation::create_user::{CreateUserInput, CreateUserOutput},
+    types::User,
+};
 use tonic::Code;
+use tonic_types::StatusExt;
 
 use super::*;
 use crate::error::ErrorResponse;
 
-/// Answers from a script; counts attempts; an empty script answers success.
+type LookupAnswer = Result<Option<Found>, UpstreamError>;
+
+/// Answers from scripts; counts attempts and lookups; an empty script answers success (a
+/// created user `created-N`) and no user found.
 #[derive(Default)]
 struct Scripted {
     script: Mutex<VecDeque<UpstreamError>>,
+    lookups_script: Mutex<VecDeque<LookupAnswer>>,
     attempts: AtomicU32,
+    lookups: AtomicU32,
     delay: Duration,
+    lookup_delay: Duration,
 }
 
 impl Upstream for Arc<Scripted> {
     async fn create_user(&self, _input: CreateUserInput) -> Result<Created, UpstreamError> {
-        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let n = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
         tokio::time::sleep(self.delay).await;
         match self.script.lock().unwrap().pop_front() {
             Some(error) => Err(error),
             None => Ok(Created {
-                output: CreateUserOutput::builder().build(),
-                request_id: None,
+                output: CreateUserOutput::builder()
+                    .user(user(&format!("created-{n}")))
+                    .build(),
+                request_id: Some(format!("create-request-{n}")),
             }),
         }
     }
+
+    async fn find_user_by_email(&self, _account_id: &str, _email: &str) -> LookupAnswer {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.lookup_delay).await;
+        self.lookups_script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Ok(None))
+    }
+}
+
+fn user(id: &str) -> User {
+    User::builder()
+        .user_id(id)
+        .primary_email("jane@example.com")
+        .build()
+        .unwrap()
+}
+
+fn found(id: &str) -> LookupAnswer {
+    Ok(Some(Found {
+        user: user(id),
+        request_id: Some("list-request".into()),
+    }))
 }
 
 fn status(http: u16, retry_after: Option<Duration>) -> UpstreamError {
@@ -53,6 +91,7 @@ fn policy(max_attempts: u32) -> CallPolicy {
             base: Duration::from_millis(1),
             max: Duration::from_millis(2),
         },
+        reconcile: true,
     }
 }
 
@@ -74,6 +113,51 @@ fn valid() -> Request<CreateUserRequest> {
     })
 }
 
+const ID: &str = "3f2b9c4e-8d1a-4c3e-9f6b-2a7d5e8c1b90";
+
+/// A request with an email (so unknown outcomes can be looked up) and the request id `id`.
+fn with_email(id: &str) -> Request<CreateUserRequest> {
+    Request::new(CreateUserRequest {
+        account_id: "a".into(),
+        email: Some("jane@example.com".into()),
+        request_id: id.into(),
+        ..Default::default()
+    })
+}
+
+fn scripted(script: Vec<UpstreamError>, lookups: Vec<LookupAnswer>) -> Arc<Scripted> {
+    Arc::new(Scripted {
+        script: Mutex::new(script.into()),
+        lookups_script: Mutex::new(lookups.into()),
+        ..Default::default()
+    })
+}
+
+fn counts(up: &Scripted) -> (u32, u32) {
+    (
+        up.attempts.load(Ordering::SeqCst),
+        up.lookups.load(Ordering::SeqCst),
+    )
+}
+
+fn flag(metadata: &MetadataMap, key: &str) -> bool {
+    metadata.get(key).is_some_and(|v| v == "true")
+}
+
+fn user_id(response: &Response<CreateUserResponse>) -> String {
+    response.get_ref().user.as_ref().unwrap().user_id.clone()
+}
+
+/// The ErrorInfo reason and its `reconciliation` metadata.
+fn reconciliation(status: &Status) -> (String, Option<String>) {
+    let info = status.get_error_details().error_info().cloned().unwrap();
+    (info.reason, info.metadata.get("reconciliation").cloned())
+}
+
+fn lost() -> UpstreamError {
+    UpstreamError::ConnectionLost("reset".into())
+}
+
 #[tokio::test]
 async fn retryable_failures_are_retried_until_success() {
     let (gw, up) = gateway(vec![status(503, None), status(429, None)], 3);
@@ -90,7 +174,7 @@ async fn retries_stop_at_max_attempts() {
 }
 
 #[tokio::test]
-async fn failures_with_unknown_outcome_are_never_retried() {
+async fn failures_with_unknown_outcome_are_never_retried_without_an_email_to_look_up() {
     for error in [
         status(500, None),
         UpstreamError::AttemptTimeout,
@@ -98,8 +182,295 @@ async fn failures_with_unknown_outcome_are_never_retried() {
     ] {
         let (gw, up) = gateway(vec![error], 5);
         gw.create_user(valid()).await.unwrap_err();
-        assert_eq!(up.attempts.load(Ordering::SeqCst), 1);
+        assert_eq!(counts(&up), (1, 0));
     }
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_whose_user_is_found_answers_ok_reconciled() {
+    for error in [
+        status(500, None),
+        status(502, None),
+        status(504, None),
+        UpstreamError::AttemptTimeout,
+        lost(),
+    ] {
+        let up = scripted(vec![error], vec![found("stored")]);
+        let gw = ChimeGateway::new(up.clone(), policy(3), 4);
+        let response = gw.create_user(with_email("")).await.unwrap();
+        assert_eq!(user_id(&response), "stored");
+        assert!(flag(response.metadata(), RECONCILED_KEY));
+        assert!(!flag(response.metadata(), REPLAYED_KEY));
+        assert_eq!(response.metadata().get(REQUEST_ID_KEY).unwrap(), "list-request");
+        assert_eq!(counts(&up), (1, 1));
+    }
+}
+
+#[tokio::test]
+async fn a_user_not_found_after_an_unknown_outcome_is_created_by_another_attempt() {
+    let up = scripted(vec![lost()], vec![Ok(None)]);
+    let gw = ChimeGateway::new(up.clone(), policy(3), 4);
+    let response = gw.create_user(with_email("")).await.unwrap();
+    assert_eq!(user_id(&response), "created-2");
+    assert!(!flag(response.metadata(), RECONCILED_KEY));
+    assert_eq!(counts(&up), (2, 1));
+}
+
+#[tokio::test]
+async fn not_found_with_no_attempt_left_is_the_original_status_marked_not_found() {
+    let up = scripted(vec![status(500, None)], vec![Ok(None)]);
+    let gw = ChimeGateway::new(up.clone(), policy(1), 4);
+    let s = gw.create_user(with_email("")).await.unwrap_err();
+    assert_eq!(s.code(), Code::Internal);
+    assert_eq!(
+        reconciliation(&s),
+        ("SERVICE_FAILURE".into(), Some("not_found".into()))
+    );
+    assert_eq!(counts(&up), (1, 1));
+}
+
+#[tokio::test]
+async fn a_failed_lookup_leaves_the_original_status_marked_failed() {
+    let denied = UpstreamError::Response(ErrorResponse {
+        status: 403,
+        error_type: Some("ForbiddenException".into()),
+        ..Default::default()
+    });
+    let up = scripted(vec![UpstreamError::AttemptTimeout], vec![Err(denied)]);
+    let gw = ChimeGateway::new(up.clone(), policy(3), 4);
+    let s = gw.create_user(with_email("")).await.unwrap_err();
+    assert_eq!(s.code(), Code::DeadlineExceeded, "never the lookup's 403");
+    assert_eq!(
+        reconciliation(&s),
+        ("UPSTREAM_TIMEOUT".into(), Some("failed".into()))
+    );
+    assert_eq!(counts(&up), (1, 1));
+}
+
+#[tokio::test]
+async fn a_lookup_cut_by_the_deadline_leaves_the_original_status_marked_failed() {
+    let up = Arc::new(Scripted {
+        script: Mutex::new(vec![lost()].into()),
+        lookup_delay: Duration::from_secs(10),
+        ..Default::default()
+    });
+    let gw = ChimeGateway::new(up.clone(), policy(3), 4);
+    let mut request = with_email("");
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "300m".parse().unwrap());
+    let started = Instant::now();
+    let s = gw.create_user(request).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(s.code(), Code::Unavailable);
+    assert_eq!(
+        reconciliation(&s),
+        ("UPSTREAM_CONNECTION_LOST".into(), Some("failed".into()))
+    );
+}
+
+#[tokio::test]
+async fn without_an_email_or_with_reconcile_off_nothing_is_looked_up() {
+    let up = scripted(vec![lost()], vec![found("stored")]);
+    let gw = ChimeGateway::new(up.clone(), policy(3), 4);
+    let s = gw.create_user(valid()).await.unwrap_err();
+    assert_eq!(reconciliation(&s), ("UPSTREAM_CONNECTION_LOST".into(), None));
+    let up = scripted(vec![lost()], vec![found("stored")]);
+    let off = CallPolicy {
+        reconcile: false,
+        ..policy(3)
+    };
+    let gw = ChimeGateway::new(up.clone(), off, 4);
+    let s = gw.create_user(with_email("")).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unavailable);
+    assert_eq!(counts(&up), (1, 0));
+}
+
+#[tokio::test]
+async fn a_conflict_after_an_unknown_outcome_in_the_same_call_is_looked_up() {
+    // The first attempt's create landed; the lookup ran before it was visible; the retry conflicts.
+    let up = scripted(vec![lost(), status(409, None)], vec![Ok(None), found("first")]);
+    let gw = ChimeGateway::new(up.clone(), policy(3), 4);
+    let response = gw.create_user(with_email("")).await.unwrap();
+    assert_eq!(user_id(&response), "first");
+    assert!(flag(response.metadata(), RECONCILED_KEY));
+    assert_eq!(counts(&up), (2, 2));
+}
+
+#[tokio::test]
+async fn a_conflict_with_nothing_in_doubt_is_already_exists_without_a_lookup() {
+    let up = scripted(vec![status(409, None)], vec![found("someone-else")]);
+    let gw = ChimeGateway::new(up.clone(), policy(3), 4);
+    let s = gw.create_user(with_email(ID)).await.unwrap_err();
+    assert_eq!(s.code(), Code::AlreadyExists);
+    assert_eq!(counts(&up), (1, 0));
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_repeat_of_a_call_left_in_doubt_is_looked_up() {
+    // Call 1 lost its answer and could not look the user up; call 2 conflicts with call 1's user.
+    let up = scripted(
+        vec![lost(), status(409, None)],
+        vec![Err(UpstreamError::AttemptTimeout), found("first")],
+    );
+    let gw = ChimeGateway::new(up.clone(), policy(3), 4);
+    let s = gw.create_user(with_email(ID)).await.unwrap_err();
+    assert_eq!(reconciliation(&s).1.as_deref(), Some("failed"));
+    let response = gw.create_user(with_email(ID)).await.unwrap();
+    assert_eq!(user_id(&response), "first");
+    assert!(flag(response.metadata(), RECONCILED_KEY));
+    assert!(
+        !flag(response.metadata(), REPLAYED_KEY),
+        "call 2 made its own attempt"
+    );
+    let third = gw.create_user(with_email(ID)).await.unwrap();
+    assert_eq!(user_id(&third), "first");
+    assert!(
+        flag(third.metadata(), REPLAYED_KEY),
+        "the reconciled user is kept"
+    );
+    assert_eq!(counts(&up), (2, 2));
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_repeat_of_a_call_that_provably_sent_nothing_is_not_looked_up() {
+    let up = scripted(vec![status(429, None), status(409, None)], vec![found("x")]);
+    let gw = ChimeGateway::new(up.clone(), policy(1), 4);
+    assert_eq!(
+        gw.create_user(with_email(ID)).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+    let s = gw.create_user(with_email(ID)).await.unwrap_err();
+    assert_eq!(s.code(), Code::AlreadyExists);
+    assert_eq!(counts(&up), (2, 0));
+}
+
+#[tokio::test]
+async fn a_repeat_gets_the_first_answer_without_an_upstream_call() {
+    let up = scripted(vec![], vec![]);
+    let gw = ChimeGateway::new(up.clone(), policy(3), 4);
+    let first = gw.create_user(with_email(ID)).await.unwrap();
+    assert!(!flag(first.metadata(), REPLAYED_KEY));
+    let again = gw.create_user(with_email(ID)).await.unwrap();
+    assert_eq!(again.get_ref(), first.get_ref());
+    assert!(flag(again.metadata(), REPLAYED_KEY));
+    assert_eq!(
+        again.metadata().get(REQUEST_ID_KEY),
+        first.metadata().get(REQUEST_ID_KEY)
+    );
+    assert_eq!(counts(&up), (1, 0));
+    let other_id = gw
+        .create_user(with_email("3f2b9c4e-8d1a-4c3e-9f6b-2a7d5e8c1b91"))
+        .await
+        .unwrap();
+    assert_eq!(user_id(&other_id), "created-2");
+}
+
+#[tokio::test]
+async fn final_refusals_are_kept_and_transient_ones_are_not() {
+    for (http, kept) in [
+        (400, true),
+        (401, true),
+        (403, true),
+        (404, true),
+        (409, true),
+        (412, true),
+        (422, true),
+        (429, false),
+        (503, false),
+        (500, false),
+        (502, false),
+        (504, false),
+        (408, false),
+        (501, false),
+    ] {
+        let up = scripted(vec![status(http, None)], vec![]);
+        let gw = ChimeGateway::new(up.clone(), policy(1), 4);
+        let mut request = with_email(ID).into_inner();
+        // No email: nothing is looked up, so only the keeping is under test.
+        request.email = None;
+        let first = gw.create_user(Request::new(request.clone())).await.unwrap_err();
+        let again = gw.create_user(Request::new(request)).await;
+        if kept {
+            let again = again.unwrap_err();
+            assert_eq!(again.code(), first.code(), "{http}");
+            assert_eq!(again.message(), first.message(), "{http}");
+            assert!(flag(again.metadata(), REPLAYED_KEY), "{http}");
+            assert_eq!(counts(&up).0, 1, "{http}");
+        } else {
+            assert!(again.is_ok(), "{http}: the repeat runs again");
+            assert_eq!(counts(&up).0, 2, "{http}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_id_reused_for_another_request_is_refused_without_an_upstream_call() {
+    let up = scripted(vec![], vec![]);
+    let gw = ChimeGateway::new(up.clone(), policy(3), 4);
+    gw.create_user(with_email(ID)).await.unwrap();
+    let mut other = with_email(ID);
+    other.get_mut().username = Some("jane".into());
+    let s = gw.create_user(other).await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument);
+    let details = s.get_error_details();
+    let info = details.error_info().unwrap();
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("REQUEST_ID_REUSED", "chime-gateway")
+    );
+    assert_eq!(
+        details.bad_request().unwrap().field_violations[0].field,
+        "request_id"
+    );
+    assert_eq!(counts(&up), (1, 0));
+}
+
+#[tokio::test]
+async fn a_repeat_during_the_first_call_waits_for_it_and_gets_its_answer() {
+    let up = Arc::new(Scripted {
+        delay: Duration::from_millis(200),
+        ..Default::default()
+    });
+    let gw = Arc::new(ChimeGateway::new(up.clone(), policy(3), 8));
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move { gw.create_user(with_email(ID)).await.unwrap() })
+        })
+        .collect();
+    let mut replayed = 0;
+    for call in calls {
+        let response = call.await.unwrap();
+        assert_eq!(user_id(&response), "created-1");
+        replayed += usize::from(flag(response.metadata(), REPLAYED_KEY));
+    }
+    assert_eq!(replayed, 3);
+    assert_eq!(counts(&up), (1, 0));
+}
+
+#[tokio::test]
+async fn a_repeat_waits_for_the_first_call_only_within_its_own_deadline() {
+    let up = Arc::new(Scripted {
+        delay: Duration::from_millis(500),
+        ..Default::default()
+    });
+    let gw = Arc::new(ChimeGateway::new(up.clone(), policy(3), 8));
+    let first = tokio::spawn({
+        let gw = gw.clone();
+        async move { gw.create_user(with_email(ID)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut hurried = with_email(ID);
+    hurried
+        .metadata_mut()
+        .insert("grpc-timeout", "100m".parse().unwrap());
+    let started = Instant::now();
+    let s = gw.create_user(hurried).await.unwrap_err();
+    assert_eq!(s.code(), Code::DeadlineExceeded);
+    assert!(started.elapsed() < Duration::from_millis(300));
+    assert!(first.await.unwrap().is_ok());
+    assert_eq!(counts(&up), (1, 0));
 }
 
 #[tokio::test]

@@ -35,7 +35,8 @@ pub fn from_output(output: CreateUserOutput) -> pb::CreateUserResponse {
     }
 }
 
-fn user(u: sdk::User) -> pb::User {
+/// Builds the gRPC user from an SDK user (CreateUser's or ListUsers').
+pub fn user(u: sdk::User) -> pb::User {
     pb::User {
         user_id: u.user_id,
         account_id: u.account_id,
@@ -115,6 +116,7 @@ mod tests {
             email: Some("jane@example.com".into()),
             username: None,
             user_type: user_type as i32,
+            request_id: String::new(),
         }
     }
 

@@ -49,11 +49,28 @@ pub fn validate(request: &CreateUserRequest) -> Result<(), Vec<FieldViolation>> 
             description: format!("user_type {} is not a known UserType value", request.user_type),
         });
     }
+    if !request.request_id.is_empty() && request_id(&request.request_id).is_none() {
+        violations.push(FieldViolation {
+            field: "request_id",
+            description: "request_id must be empty or a UUID in its canonical text form \
+                          (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
+                .to_owned(),
+        });
+    }
     if violations.is_empty() {
         Ok(())
     } else {
         Err(violations)
     }
+}
+
+/// The request id of a request, when it has one in the canonical (hyphenated, 36-character)
+/// form; letters may be in either case.
+pub fn request_id(text: &str) -> Option<uuid::Uuid> {
+    if text.len() != 36 {
+        return None;
+    }
+    uuid::Uuid::try_parse(text).ok()
 }
 
 #[cfg(test)]
@@ -66,6 +83,7 @@ mod tests {
             email: email.map(str::to_owned),
             username: None,
             user_type,
+            request_id: String::new(),
         }
     }
 
@@ -165,7 +183,52 @@ mod tests {
 
     #[test]
     fn every_violation_is_reported_at_once() {
-        let r = request("", Some("nope"), 9);
-        assert_eq!(fields(validate(&r)), ["account_id", "email", "user_type"]);
+        let mut r = request("", Some("nope"), 9);
+        r.request_id = "nope".into();
+        assert_eq!(
+            fields(validate(&r)),
+            ["account_id", "email", "user_type", "request_id"]
+        );
+    }
+
+    #[test]
+    fn request_ids_are_empty_or_canonical_uuids() {
+        let with = |id: &str| {
+            let mut r = request("a", None, 0);
+            r.request_id = id.to_owned();
+            fields(validate(&r))
+        };
+        for good in [
+            "",
+            "3f2b9c4e-8d1a-4c3e-9f6b-2a7d5e8c1b90",
+            "3F2B9C4E-8D1A-4C3E-9F6B-2A7D5E8C1B90",
+            "00000000-0000-0000-0000-000000000000",
+        ] {
+            assert!(with(good).is_empty(), "{good:?}");
+        }
+        for bad in [
+            "3f2b9c4e8d1a4c3e9f6b2a7d5e8c1b90",
+            "{3f2b9c4e-8d1a-4c3e-9f6b-2a7d5e8c1b90}",
+            "urn:uuid:3f2b9c4e-8d1a-4c3e-9f6b-2a7d5e8c1b90",
+            "3f2b9c4e-8d1a-4c3e-9f6b-2a7d5e8c1b9g",
+            "3f2b9c4e-8d1a-4c3e-9f6b-2a7d5e8c1b9",
+            " 3f2b9c4e-8d1a-4c3e-9f6b-2a7d5e8c1b9",
+            "3f2b9c4e+8d1a-4c3e-9f6b-2a7d5e8c1b90",
+            "retry-1",
+        ] {
+            assert_eq!(with(bad), ["request_id"], "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_request_id_is_accepted_exactly_when_it_has_the_8_4_4_4_12_hex_shape(s in "[0-9a-fA-F-]{36}|\\PC{0,40}") {
+            let shape = s.len() == 36
+                && s.char_indices().all(|(i, c)| match i {
+                    8 | 13 | 18 | 23 => c == '-',
+                    _ => c.is_ascii_hexdigit(),
+                });
+            proptest::prop_assert_eq!(request_id(&s).is_some(), shape, "{:?}", s);
+        }
     }
 }

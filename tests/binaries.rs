@@ -132,6 +132,7 @@ async fn emulate_serves_and_sigterm_finishes_the_call_in_flight_then_exits_0() {
         email: Some(email.into()),
         username: None,
         user_type: UserType::PrivateUser as i32,
+        request_id: String::new(),
     };
     client.create_user(request("first@example.com")).await.unwrap();
 
@@ -268,6 +269,7 @@ async fn logs_at_debug_never_contain_emails_or_display_names() {
         email: Some(email.into()),
         username: Some("Zebulon Marker-Name".into()),
         user_type: UserType::PrivateUser as i32,
+        request_id: String::new(),
     };
     client.create_user(request.clone()).await.unwrap();
     client.create_user(request.clone()).await.unwrap_err();
@@ -350,6 +352,7 @@ async fn overload_is_shed_fast_with_bounded_memory_and_the_gateway_recovers() {
         email: Some(format!("load{i}@example.com")),
         username: None,
         user_type: UserType::PrivateUser as i32,
+        request_id: String::new(),
     };
     client.clone().create_user(request(0)).await.unwrap();
     // A slow upstream: each call that gets through holds its permit for 300 ms.
@@ -428,6 +431,7 @@ async fn three_slow_calls(args: &[&str]) -> Duration {
                 email: Some(format!("turn{i}@example.com")),
                 username: None,
                 user_type: UserType::PrivateUser as i32,
+                request_id: String::new(),
             };
             tokio::spawn(async move { c.create_user(request).await })
         })

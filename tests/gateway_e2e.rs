@@ -82,6 +82,7 @@ async fn the_sdk_request_follows_the_rest_binding() {
         email: Some("jane@example.com".into()),
         username: None,
         user_type: UserType::SharedDevice as i32,
+        request_id: String::new(),
     };
     create(&gw, req).await.unwrap();
     let sent = emu.requests();
@@ -171,10 +172,13 @@ async fn an_unknown_user_type_is_rejected_before_any_upstream_call() {
 }
 
 /// The status for one call after `fault` was scripted `times` times, and the attempts made.
+///
+/// The request has no email, so the gateway never looks a user up: these are the rules of
+/// SPEC section 3 alone (tests/reconciliation.rs has what section 7 adds).
 async fn status_after(fault: Fault, times: u32) -> (tonic::Status, usize) {
     let (emu, gw) = stack().await;
     emu.inject(fault, times);
-    let status = create(&gw, request(Some("jane@example.com"), UserType::PrivateUser))
+    let status = create(&gw, request(None, UserType::PrivateUser))
         .await
         .unwrap_err();
     (status, emu.requests().len())

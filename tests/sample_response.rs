@@ -37,6 +37,7 @@ fn gateway_answering_the_sample() -> ChimeGateway<SdkUpstream> {
         default_deadline: Duration::from_secs(5),
         max_attempts: 1,
         backoff: Backoff::default(),
+        reconcile: true,
     };
     ChimeGateway::new(SdkUpstream::from_builder(config), policy, 8)
 }
@@ -56,6 +57,7 @@ async fn the_sample_response_translates_to_the_expected_user() {
         email: Some("room@example.com".into()),
         username: None,
         user_type: UserType::SharedDevice as i32,
+        request_id: String::new(),
     };
     let response = gateway.create_user(tonic::Request::new(request)).await.unwrap();
     assert_eq!(

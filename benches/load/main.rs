@@ -49,6 +49,7 @@ fn request(id: u64) -> CreateUserRequest {
         email: Some(format!("bench-{}-{id}@example.com", std::process::id())),
         username: None,
         user_type: UserType::PrivateUser as i32,
+        request_id: String::new(),
     }
 }
 

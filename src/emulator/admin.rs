@@ -1,11 +1,12 @@
 //! The emulator's admin API under `/_emulator/`, so tests in any language can script the
-//! standalone binary: inject faults, read back requests, add accounts. Unsigned; never a Chime path.
+//! standalone binary: inject faults, start or stop chaos, read back requests, add accounts.
+//! Unsigned; never a Chime path.
 
 use http::{Method, Response, StatusCode, request::Parts};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Fault, Shared, wire};
+use super::{ChaosConfig, Fault, Operation, Shared, faults::Chaos, wire};
 
 /// The path prefix of every admin route.
 pub(crate) const PREFIX: &str = "/_emulator/";
@@ -15,6 +16,8 @@ struct InjectBody {
     fault: Fault,
     #[serde(default = "one")]
     times: u32,
+    #[serde(default)]
+    operation: Operation,
 }
 
 fn one() -> u32 {
@@ -33,11 +36,22 @@ pub(crate) fn handle(shared: &Shared, parts: &Parts, body: &[u8]) -> Response<wi
         (&Method::GET, "health") => wire::json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::POST, "faults") => match serde_json::from_slice::<InjectBody>(body) {
             Ok(b) => {
-                shared.inject(b.fault, b.times);
+                shared.inject(b.operation, b.fault, b.times);
                 no_content()
             }
             Err(e) => invalid(&e),
         },
+        (&Method::POST, "chaos") => match serde_json::from_slice::<ChaosConfig>(body) {
+            Ok(c) => {
+                *shared.chaos.lock().unwrap() = Some(Chaos::new(c));
+                no_content()
+            }
+            Err(e) => invalid(&e),
+        },
+        (&Method::DELETE, "chaos") => {
+            *shared.chaos.lock().unwrap() = None;
+            no_content()
+        }
         (&Method::GET, "requests") => {
             let recorded: Vec<_> = shared.recorded.lock().unwrap().iter().cloned().collect();
             wire::json_response(StatusCode::OK, &json!(recorded))

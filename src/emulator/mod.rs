@@ -1,4 +1,4 @@
-//! A faithful Chime-compatible HTTP endpoint for `CreateUser` (SPEC section 5).
+//! A faithful Chime-compatible HTTP endpoint for `CreateUser` and `ListUsers` (SPEC section 5).
 //!
 //! Three faces share this module: `chime-gateway --emulate` runs it in-process on a loopback port,
 //! the `chime-emulator` binary serves it for other teams' tests, and this crate's tests drive it
@@ -6,14 +6,17 @@
 //!
 //! ```text
 //! serve (TCP, HTTP/1.1 and h2c, connection resets)
-//!   -> routes (record, scripted faults, SigV4, routing, throttling, model patterns, state)
+//!   -> routes (record, faults before serving, SigV4, routing, throttling, faults after serving)
+//!   -> create_user | list_users (model patterns, state)
 //!   -> wire (restJson1 bodies and headers exactly as AWS shapes them)
 //! ```
 //!
 //! All state is in memory behind short mutex sections, safe under concurrent calls.
 
 mod admin;
+mod create_user;
 mod faults;
+mod list_users;
 mod routes;
 mod serve;
 pub mod sigv4;
@@ -31,8 +34,8 @@ use std::{
 
 use tokio::{net::TcpListener, task::JoinHandle};
 
-pub use faults::{Fault, TypeLocation};
-pub use state::RecordedRequest;
+pub use faults::{ChaosConfig, Fault, Operation, TypeLocation};
+pub use state::{RecordedRequest, StoredUser};
 
 /// The example account of the API reference; it exists unless the account list is replaced.
 pub const DEMO_ACCOUNT_ID: &str = "12a3456b-7c89-012d-3456-78901e23fg45";
@@ -44,7 +47,7 @@ pub const DEFAULT_SECRET_ACCESS_KEY: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMP
 pub const REGION: &str = "us-east-1";
 /// The SigV4 service name the emulator verifies.
 pub const SERVICE: &str = "chime";
-/// How many received requests are kept for [`Emulator::requests`]; older ones are dropped.
+/// How many received Chime requests are kept for [`Emulator::requests`]; older ones are dropped.
 pub const RECORDED_LIMIT: usize = 1000;
 
 /// What the emulator accepts and knows.
@@ -54,7 +57,7 @@ pub struct EmulatorConfig {
     pub access_key_id: String,
     /// Its secret.
     pub secret_access_key: String,
-    /// The accounts that exist; CreateUser in any other answers 404.
+    /// The accounts that exist; a request for any other answers 404.
     pub accounts: Vec<String>,
     /// Calls per second allowed per account (burst of the same size); `None` never throttles.
     pub throttle_rps: Option<u32>,
@@ -76,7 +79,8 @@ impl Default for EmulatorConfig {
 pub(crate) struct Shared {
     config: EmulatorConfig,
     state: Mutex<state::State>,
-    faults: Mutex<VecDeque<(Fault, u32)>>,
+    faults: Mutex<VecDeque<(Operation, Fault, u32)>>,
+    chaos: Mutex<Option<faults::Chaos>>,
     recorded: Mutex<VecDeque<RecordedRequest>>,
     connections: AtomicU64,
 }
@@ -103,6 +107,7 @@ impl Emulator {
             state: Mutex::new(state::State::new(&config.accounts)),
             config,
             faults: Mutex::new(VecDeque::new()),
+            chaos: Mutex::new(None),
             recorded: Mutex::new(VecDeque::new()),
             connections: AtomicU64::new(0),
         });
@@ -128,10 +133,21 @@ impl Emulator {
 
     /// Makes the next `times` CreateUser requests meet `fault` (queued after earlier faults).
     pub fn inject(&self, fault: Fault, times: u32) {
-        self.shared.inject(fault, times);
+        self.shared.inject(Operation::CreateUser, fault, times);
     }
 
-    /// The CreateUser requests received so far (the last [`RECORDED_LIMIT`]), oldest first.
+    /// Makes the next `times` requests of `operation` meet `fault` (queued after earlier faults).
+    pub fn inject_for(&self, operation: Operation, fault: Fault, times: u32) {
+        self.shared.inject(operation, fault, times);
+    }
+
+    /// Starts (or, with `None`, stops) a seeded random mix of faults; queued faults go first.
+    pub fn set_chaos(&self, chaos: Option<ChaosConfig>) {
+        *self.shared.chaos.lock().unwrap() = chaos.map(faults::Chaos::new);
+    }
+
+    /// The Chime requests (CreateUser, ListUsers, and any other path but the admin API) received so
+    /// far (the last [`RECORDED_LIMIT`]), oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.recorded.lock().unwrap().iter().cloned().collect()
     }
@@ -150,6 +166,11 @@ impl Emulator {
     pub fn user_count(&self, account_id: &str) -> Option<usize> {
         self.shared.state.lock().unwrap().user_count(account_id)
     }
+
+    /// The users of an account, in creation order (`None` for an unknown account).
+    pub fn users(&self, account_id: &str) -> Option<Vec<StoredUser>> {
+        self.shared.state.lock().unwrap().users(account_id)
+    }
 }
 
 impl Drop for Emulator {
@@ -159,21 +180,26 @@ impl Drop for Emulator {
 }
 
 impl Shared {
-    fn inject(&self, fault: Fault, times: u32) {
+    fn inject(&self, operation: Operation, fault: Fault, times: u32) {
         if times > 0 {
-            self.faults.lock().unwrap().push_back((fault, times));
+            self.faults.lock().unwrap().push_back((operation, fault, times));
         }
     }
 
-    fn next_fault(&self) -> Option<Fault> {
+    /// The fault the next request of `operation` meets: the first one queued for it, else chaos.
+    fn next_fault(&self, operation: Operation) -> Option<Fault> {
         let mut faults = self.faults.lock().unwrap();
-        let (fault, remaining) = faults.front_mut()?;
-        let fault = fault.clone();
-        *remaining -= 1;
-        if *remaining == 0 {
-            faults.pop_front();
+        if let Some(i) = faults.iter().position(|(op, ..)| *op == operation) {
+            let (_, fault, remaining) = &mut faults[i];
+            let fault = fault.clone();
+            *remaining -= 1;
+            if *remaining == 0 {
+                faults.remove(i);
+            }
+            return Some(fault);
         }
-        Some(fault)
+        drop(faults);
+        self.chaos.lock().unwrap().as_mut()?.roll(operation)
     }
 
     fn record(&self, request: RecordedRequest) {

@@ -1,5 +1,6 @@
-//! What the emulator does with one request, in AWS's order: record it, apply a scripted fault,
-//! verify SigV4, route, throttle, check the model's patterns, then create the user.
+//! What the emulator does with one request, in AWS's order: record it, apply a fault that acts
+//! before serving, verify SigV4, route, throttle, serve the operation (`create_user`,
+//! `list_users`), then apply a fault that acts after serving.
 
 use std::{
     sync::Arc,
@@ -11,16 +12,14 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, request::Parts};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
-use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use super::{
-    Fault, REGION, SERVICE, Shared, TypeLocation, admin,
+    Fault, Operation, REGION, SERVICE, Shared, TypeLocation, admin, create_user, list_users,
     sigv4::Verifier,
-    state::{RecordedRequest, Refusal},
-    wire::{self, Body, CreateUserBody, NewUser},
+    state::RecordedRequest,
+    wire::{self, Body},
 };
-use crate::validate::{ACCOUNT_ID_PATTERN, EMAIL_PATTERN};
 
 /// Bodies larger than this are refused with 413.
 const MAX_BODY: usize = 64 * 1024;
@@ -52,32 +51,100 @@ async fn respond(shared: &Arc<Shared>, reset: &Notify, parts: &Parts, body: Byte
         return admin::handle(shared, parts, &body);
     }
     shared.record(record(parts, &body));
-    match shared.next_fault() {
-        Some(Fault::Latency { millis }) => tokio::time::sleep(Duration::from_millis(millis)).await,
-        Some(Fault::Reset) => {
-            reset.notify_one();
-            return std::future::pending().await;
-        }
-        Some(Fault::MalformedBody) => {
-            let mut r = Response::new(Full::new(Bytes::from_static(b"{\"User\": {\"UserId\": ")));
-            *r.status_mut() = StatusCode::CREATED;
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            return r;
-        }
+    let route = route(parts);
+    let fault = route.as_ref().and_then(|(op, _)| shared.next_fault(*op));
+    match &fault {
+        Some(Fault::Latency { millis }) => tokio::time::sleep(Duration::from_millis(*millis)).await,
+        Some(Fault::Reset) => return reset_connection(reset).await,
+        Some(Fault::MalformedBody) => return malformed_body(),
         Some(Fault::Error {
             status,
             error_type,
             type_in,
             retry_after,
-        }) => {
-            return scripted_error(status, error_type.as_deref(), type_in, retry_after);
-        }
-        None => {}
+        }) => return scripted_error(*status, error_type.as_deref(), *type_in, *retry_after),
+        _ => {}
     }
-    create_user(shared, parts, &body)
+    let response = serve(shared, parts, &body, route);
+    match fault {
+        Some(Fault::CommitThenReset) => reset_connection(reset).await,
+        Some(Fault::CommitThenDelay { millis }) => {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            response
+        }
+        Some(Fault::CommitThenError {
+            status,
+            error_type,
+            type_in,
+            retry_after,
+        }) => scripted_error(status, error_type.as_deref(), type_in, retry_after),
+        _ => response,
+    }
+}
+
+/// Has the connection reset (RST) and never answers.
+async fn reset_connection(reset: &Notify) -> Response<Body> {
+    reset.notify_one();
+    std::future::pending().await
+}
+
+fn malformed_body() -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(b"{\"User\": {\"UserId\": ")));
+    *r.status_mut() = StatusCode::CREATED;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Serves a request as AWS does: SigV4 first, then the route, the account's throttle, and the
+/// operation itself.
+fn serve(shared: &Shared, parts: &Parts, body: &[u8], route: Option<(Operation, String)>) -> Response<Body> {
+    let config = &shared.config;
+    let verifier = Verifier {
+        access_key_id: &config.access_key_id,
+        secret_access_key: &config.secret_access_key,
+        region: REGION,
+        service: SERVICE,
+    };
+    if let Err(e) = verifier.verify(parts, body, SystemTime::now()) {
+        return wire::front_door_error(StatusCode::FORBIDDEN, e.error_type(), &e.message());
+    }
+    let Some((operation, account_id)) = route else {
+        return wire::front_door_error(
+            StatusCode::NOT_FOUND,
+            "UnknownOperationException",
+            "Unknown operation.",
+        );
+    };
+    if let Some(rps) = config.throttle_rps
+        && let Err(wait) = shared
+            .state
+            .lock()
+            .unwrap()
+            .admit(&account_id, rps, Instant::now())
+    {
+        return throttled(wait);
+    }
+    match operation {
+        Operation::CreateUser => create_user::serve(shared, &account_id, body),
+        Operation::ListUsers => list_users::serve(shared, &account_id, parts.uri.query().unwrap_or("")),
+    }
+}
+
+fn throttled(wait: Duration) -> Response<Body> {
+    let mut r = wire::chime_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "ThrottledClientException",
+        "Throttled",
+        "Rate exceeded.",
+    );
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(wait.as_secs_f64().ceil() as u64),
+    );
+    r
 }
 
 fn record(parts: &Parts, body: &[u8]) -> RecordedRequest {
@@ -125,126 +192,43 @@ fn scripted_error(
     response
 }
 
-fn create_user(shared: &Shared, parts: &Parts, body: &[u8]) -> Response<Body> {
-    let config = &shared.config;
-    let verifier = Verifier {
-        access_key_id: &config.access_key_id,
-        secret_access_key: &config.secret_access_key,
-        region: REGION,
-        service: SERVICE,
-    };
-    if let Err(e) = verifier.verify(parts, body, SystemTime::now()) {
-        return wire::front_door_error(StatusCode::FORBIDDEN, e.error_type(), &e.message());
-    }
-    let Some(account_id) = route(parts) else {
-        return wire::front_door_error(
-            StatusCode::NOT_FOUND,
-            "UnknownOperationException",
-            "Unknown operation.",
-        );
-    };
-    if let Some(rps) = config.throttle_rps
-        && let Err(wait) = shared
-            .state
-            .lock()
-            .unwrap()
-            .admit(&account_id, rps, Instant::now())
-    {
-        let mut r = wire::chime_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "ThrottledClientException",
-            "Throttled",
-            "Rate exceeded.",
-        );
-        r.headers_mut().insert(
-            http::header::RETRY_AFTER,
-            HeaderValue::from(wait.as_secs_f64().ceil() as u64),
-        );
-        return r;
-    }
-    let input: CreateUserBody = match serde_json::from_slice(body) {
-        Ok(input) => input,
-        Err(_) if body.is_empty() => CreateUserBody::default(),
-        Err(_) => return bad_request("The request body is not a valid CreateUser request."),
-    };
-    if let Some(message) = pattern_violation(&account_id, &input) {
-        return bad_request(&message);
-    }
-    let email = input.email.as_deref();
-    let created = shared.state.lock().unwrap().create(&account_id, email);
-    match created {
-        Ok(()) => {}
-        Err(Refusal::UnknownAccount) => {
-            return wire::chime_error(
-                StatusCode::NOT_FOUND,
-                "NotFoundException",
-                "NotFound",
-                &format!("The account {account_id} was not found."),
-            );
-        }
-        Err(Refusal::DuplicateEmail) => {
-            return wire::chime_error(
-                StatusCode::CONFLICT,
-                "ConflictException",
-                "Conflict",
-                "A user with this email address already exists in the account.",
-            );
-        }
-    }
-    let user_id = uuid::Uuid::new_v4().to_string();
-    let user = NewUser {
-        user_id: &user_id,
-        account_id: &account_id,
-        email,
-        username: input.username.as_deref(),
-        shared_device: input.user_type.as_deref() == Some("SharedDevice"),
-        now: OffsetDateTime::now_utc(),
-    };
-    wire::json_response(StatusCode::CREATED, &wire::user_body(&user))
-}
-
-/// `POST /accounts/{accountId}/users?operation=create` -> the decoded account id.
-fn route(parts: &Parts) -> Option<String> {
-    if parts.method != Method::POST {
-        return None;
-    }
-    let query = parts.uri.query().unwrap_or("");
-    if !query.split('&').any(|p| p == "operation=create") {
-        return None;
-    }
+/// The operation and decoded account id of a Chime path:
+/// `POST /accounts/{accountId}/users?operation=create` (CreateUser) or
+/// `GET /accounts/{accountId}/users` (ListUsers).
+fn route(parts: &Parts) -> Option<(Operation, String)> {
     let rest = parts.uri.path().strip_prefix("/accounts/")?;
     let account = rest.strip_suffix("/users")?;
     if account.contains('/') {
         return None;
     }
-    Some(percent_decode_str(account).decode_utf8_lossy().into_owned())
+    let query = parts.uri.query().unwrap_or("");
+    let operation = match parts.method {
+        Method::POST if query.split('&').any(|p| p == "operation=create") => Operation::CreateUser,
+        Method::GET => Operation::ListUsers,
+        _ => return None,
+    };
+    Some((
+        operation,
+        percent_decode_str(account).decode_utf8_lossy().into_owned(),
+    ))
 }
 
-fn pattern_violation(account_id: &str, input: &CreateUserBody) -> Option<String> {
-    use crate::validate::{ACCOUNT_ID, EMAIL};
-    if !ACCOUNT_ID.is_match(account_id) {
-        return Some(format!(
-            "1 validation error detected: Value at 'accountId' failed to satisfy constraint: Member must satisfy regular expression pattern: {ACCOUNT_ID_PATTERN}"
-        ));
-    }
-    if let Some(email) = &input.email
-        && !EMAIL.is_match(email)
-    {
-        return Some(format!(
-            "1 validation error detected: Value at 'email' failed to satisfy constraint: Member must satisfy regular expression pattern: {EMAIL_PATTERN}"
-        ));
-    }
-    match input.user_type.as_deref() {
-        None | Some("PrivateUser" | "SharedDevice") => None,
-        Some(_) => Some("1 validation error detected: Value at 'userType' failed to satisfy constraint: Member must satisfy enum value set: [PrivateUser, SharedDevice]".to_owned()),
-    }
-}
-
-fn bad_request(message: &str) -> Response<Body> {
+/// A 400 `BadRequestException`, as the model's validation answers.
+pub(crate) fn bad_request(message: &str) -> Response<Body> {
     wire::chime_error(
         StatusCode::BAD_REQUEST,
         "BadRequestException",
         "BadRequest",
         message,
+    )
+}
+
+/// A 404 `NotFoundException` for an account that does not exist.
+pub(crate) fn unknown_account(account_id: &str) -> Response<Body> {
+    wire::chime_error(
+        StatusCode::NOT_FOUND,
+        "NotFoundException",
+        "NotFound",
+        &format!("The account {account_id} was not found."),
     )
 }

@@ -1,12 +1,14 @@
-//! The emulator's memory: accounts, the emails taken in each, per-account throttling, and the
-//! requests received. Every operation is a short critical section under one mutex.
+//! The emulator's memory: accounts, the users created in each (in creation order, with an index
+//! of their emails), per-account throttling, and the requests received. Every operation is a
+//! short critical section under one mutex.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, hash_map::Entry},
     time::{Duration, Instant},
 };
 
 use serde::Serialize;
+use time::OffsetDateTime;
 
 /// A CreateUser request as received, for tests to read back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,11 +33,48 @@ impl RecordedRequest {
     }
 }
 
+/// A user as stored, enough to describe it again in `ListUsers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUser {
+    /// `UserId`.
+    pub user_id: String,
+    /// `PrimaryEmail`, as given.
+    pub email: Option<String>,
+    /// `Username` as given, shown as `DisplayName` and `FullName`.
+    pub username: Option<String>,
+    /// `SharedDevice` rather than `PrivateUser`.
+    pub shared_device: bool,
+    /// When it was created.
+    pub created: OffsetDateTime,
+}
+
+/// What `ListUsers` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter<'a> {
+    /// Only the user with this primary email (ignoring case).
+    pub email: Option<&'a str>,
+    /// Only users of this type (`Some(true)`: shared devices).
+    pub shared_device: Option<bool>,
+    /// Where the page starts: an index into the account's users.
+    pub from: usize,
+    /// The page size.
+    pub max_results: usize,
+}
+
+/// One page of users, and where the next one starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The users of this page.
+    pub users: Vec<StoredUser>,
+    /// The start of the next page, when there is one.
+    pub next: Option<usize>,
+}
+
 #[derive(Debug, Default)]
 struct Account {
-    /// Lowercased emails of the users created.
-    emails: HashSet<String>,
-    users: usize,
+    users: Vec<StoredUser>,
+    /// Lowercased emails -> index in `users`.
+    emails: HashMap<String, usize>,
     bucket: Option<Bucket>,
 }
 
@@ -74,7 +113,12 @@ impl State {
 
     /// Users created in an account.
     pub fn user_count(&self, account_id: &str) -> Option<usize> {
-        self.accounts.get(account_id).map(|a| a.users)
+        self.accounts.get(account_id).map(|a| a.users.len())
+    }
+
+    /// Every user of an account, in creation order.
+    pub fn users(&self, account_id: &str) -> Option<Vec<StoredUser>> {
+        self.accounts.get(account_id).map(|a| a.users.clone())
     }
 
     /// Takes one token from the account's bucket; `Err(wait)` when it is empty.
@@ -100,15 +144,46 @@ impl State {
     }
 
     /// Records a new user, refusing unknown accounts and duplicate emails (case-insensitive).
-    pub fn create(&mut self, account_id: &str, email: Option<&str>) -> Result<(), Refusal> {
+    pub fn create(&mut self, account_id: &str, user: StoredUser) -> Result<StoredUser, Refusal> {
         let account = self.accounts.get_mut(account_id).ok_or(Refusal::UnknownAccount)?;
-        if let Some(email) = email
-            && !account.emails.insert(email.to_lowercase())
-        {
-            return Err(Refusal::DuplicateEmail);
+        if let Some(email) = &user.email {
+            match account.emails.entry(email.to_lowercase()) {
+                Entry::Occupied(_) => return Err(Refusal::DuplicateEmail),
+                Entry::Vacant(slot) => slot.insert(account.users.len()),
+            };
         }
-        account.users += 1;
-        Ok(())
+        account.users.push(user.clone());
+        Ok(user)
+    }
+
+    /// A page of an account's users, in creation order.
+    pub fn list(&self, account_id: &str, filter: &UserFilter<'_>) -> Result<Page, Refusal> {
+        let account = self.accounts.get(account_id).ok_or(Refusal::UnknownAccount)?;
+        if let Some(email) = filter.email {
+            // At most one user has a given email: the index finds it without a scan.
+            let users = account
+                .emails
+                .get(&email.to_lowercase())
+                .filter(|&&i| i >= filter.from)
+                .map(|&i| account.users[i].clone())
+                .filter(|u| filter.shared_device.is_none_or(|d| u.shared_device == d))
+                .into_iter()
+                .collect();
+            return Ok(Page { users, next: None });
+        }
+        let mut matching = account
+            .users
+            .iter()
+            .enumerate()
+            .skip(filter.from)
+            .filter(|(_, u)| filter.shared_device.is_none_or(|d| u.shared_device == d));
+        let users: Vec<StoredUser> = matching
+            .by_ref()
+            .take(filter.max_results)
+            .map(|(_, u)| u.clone())
+            .collect();
+        let next = matching.next().map(|(i, _)| i);
+        Ok(Page { users, next })
     }
 }
 
@@ -120,12 +195,30 @@ mod tests {
         State::new(&["a".to_owned()])
     }
 
+    fn user(email: Option<&str>, shared_device: bool) -> StoredUser {
+        StoredUser {
+            user_id: uuid::Uuid::new_v4().to_string(),
+            email: email.map(str::to_owned),
+            username: None,
+            shared_device,
+            created: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn filter(from: usize, max_results: usize) -> UserFilter<'static> {
+        UserFilter {
+            from,
+            max_results,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn duplicate_email_is_refused_case_insensitively() {
         let mut s = state();
-        assert_eq!(s.create("a", Some("Jane@Example.com")), Ok(()));
+        assert!(s.create("a", user(Some("Jane@Example.com"), false)).is_ok());
         assert_eq!(
-            s.create("a", Some("jane@example.com")),
+            s.create("a", user(Some("jane@example.com"), false)),
             Err(Refusal::DuplicateEmail)
         );
         assert_eq!(s.user_count("a"), Some(1));
@@ -134,14 +227,73 @@ mod tests {
     #[test]
     fn users_without_email_never_conflict() {
         let mut s = state();
-        assert_eq!(s.create("a", None), Ok(()));
-        assert_eq!(s.create("a", None), Ok(()));
+        assert!(s.create("a", user(None, false)).is_ok());
+        assert!(s.create("a", user(None, false)).is_ok());
         assert_eq!(s.user_count("a"), Some(2));
     }
 
     #[test]
     fn unknown_account_is_refused() {
-        assert_eq!(state().create("b", None), Err(Refusal::UnknownAccount));
+        assert_eq!(
+            state().create("b", user(None, false)),
+            Err(Refusal::UnknownAccount)
+        );
+        assert_eq!(state().list("b", &filter(0, 10)), Err(Refusal::UnknownAccount));
+    }
+
+    #[test]
+    fn pages_follow_creation_order_and_end_without_a_next_start() {
+        let mut s = state();
+        let created: Vec<_> = (0..5)
+            .map(|i| {
+                s.create("a", user(Some(&format!("u{i}@example.com")), i % 2 == 1))
+                    .unwrap()
+            })
+            .collect();
+        let first = s.list("a", &filter(0, 2)).unwrap();
+        assert_eq!(first.users, created[..2]);
+        assert_eq!(first.next, Some(2));
+        let last = s.list("a", &filter(4, 2)).unwrap();
+        assert_eq!(last.users, created[4..]);
+        assert_eq!(last.next, None);
+        let exact = s.list("a", &filter(3, 2)).unwrap();
+        assert_eq!(exact.next, None, "no next page when the last user fills this one");
+    }
+
+    #[test]
+    fn the_type_filter_pages_over_matching_users_only() {
+        let mut s = state();
+        for i in 0..6 {
+            s.create("a", user(None, i % 3 == 0)).unwrap();
+        }
+        let devices = UserFilter {
+            shared_device: Some(true),
+            ..filter(0, 1)
+        };
+        let page = s.list("a", &devices).unwrap();
+        assert_eq!(page.users.len(), 1);
+        assert_eq!(page.next, Some(3));
+        let page = s.list("a", &UserFilter { from: 3, ..devices }).unwrap();
+        assert!(page.users[0].shared_device);
+        assert_eq!(page.next, None);
+    }
+
+    #[test]
+    fn the_email_filter_finds_the_one_user_ignoring_case() {
+        let mut s = state();
+        s.create("a", user(Some("x@example.com"), false)).unwrap();
+        let jane = s.create("a", user(Some("Jane@Example.com"), false)).unwrap();
+        let by_email = |email| UserFilter {
+            email: Some(email),
+            ..filter(0, 100)
+        };
+        assert_eq!(s.list("a", &by_email("jane@EXAMPLE.com")).unwrap().users, [jane]);
+        assert!(
+            s.list("a", &by_email("nobody@example.com"))
+                .unwrap()
+                .users
+                .is_empty()
+        );
     }
 
     #[test]

@@ -18,6 +18,37 @@ const ISO_MILLIS: &[FormatItem<'static>] =
 /// The response body type of every answer.
 pub type Body = Full<Bytes>;
 
+/// The `ListUsers` query (`user-email`, `user-type`, `max-results`, `next-token`), decoded.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ListUsersQuery {
+    /// `user-email`.
+    pub user_email: Option<String>,
+    /// `user-type`.
+    pub user_type: Option<String>,
+    /// `max-results`, still text: the emulator answers 400 for a bad one.
+    pub max_results: Option<String>,
+    /// `next-token`.
+    pub next_token: Option<String>,
+}
+
+impl ListUsersQuery {
+    /// Reads a query string; the first value of a parameter counts, unknown ones are ignored.
+    pub fn parse(query: &str) -> Self {
+        let mut q = Self::default();
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            let slot = match name.as_ref() {
+                "user-email" => &mut q.user_email,
+                "user-type" => &mut q.user_type,
+                "max-results" => &mut q.max_results,
+                "next-token" => &mut q.next_token,
+                _ => continue,
+            };
+            slot.get_or_insert_with(|| value.into_owned());
+        }
+        q
+    }
+}
+
 /// The CreateUser request body.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -47,6 +78,20 @@ pub struct NewUser<'a> {
     pub now: OffsetDateTime,
 }
 
+impl<'a> NewUser<'a> {
+    /// A stored user of `account_id`, to describe it again.
+    pub fn of(account_id: &'a str, user: &'a super::state::StoredUser) -> Self {
+        Self {
+            user_id: &user.user_id,
+            account_id,
+            email: user.email.as_deref(),
+            username: user.username.as_deref(),
+            shared_device: user.shared_device,
+            now: user.created,
+        }
+    }
+}
+
 /// ISO 8601 with milliseconds, UTC, as Chime writes timestamps.
 pub fn timestamp(t: OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC)
@@ -54,11 +99,25 @@ pub fn timestamp(t: OffsetDateTime) -> String {
         .expect("a UTC time always formats")
 }
 
-/// The `{"User": ...}` body, every key AWS sends, in AWS's order.
+/// The `{"User": ...}` body of CreateUser: see [`user`].
+pub fn user_body(u: &NewUser<'_>) -> Value {
+    json!({ "User": user(u) })
+}
+
+/// The `{"Users": [...], "NextToken": ...}` body of ListUsers; no `NextToken` on the last page.
+pub fn users_body<'a>(users: impl Iterator<Item = NewUser<'a>>, next_token: Option<String>) -> Value {
+    let users: Vec<Value> = users.map(|u| user(&u)).collect();
+    match next_token {
+        Some(token) => json!({ "Users": users, "NextToken": token }),
+        None => json!({ "Users": users }),
+    }
+}
+
+/// A `User` structure, every key AWS sends, in AWS's order.
 ///
 /// A PrivateUser is invited (Unregistered, Pending, InvitedOn); a SharedDevice is registered at
 /// once (Registered, RegisteredOn), as in the API reference's sample.
-pub fn user_body(u: &NewUser<'_>) -> Value {
+fn user(u: &NewUser<'_>) -> Value {
     let now = timestamp(u.now);
     let (user_type, registration, invitation, registered_on, invited_on) = if u.shared_device {
         (
@@ -77,7 +136,7 @@ pub fn user_body(u: &NewUser<'_>) -> Value {
             Value::from(now),
         )
     };
-    json!({"User": {
+    json!({
         "AccountId": u.account_id,
         "AlexaForBusinessMetadata": {"AlexaForBusinessRoomArn": null, "IsAlexaForBusinessEnabled": false},
         "Delegates": null,
@@ -100,7 +159,7 @@ pub fn user_body(u: &NewUser<'_>) -> Value {
         "UserRegistrationStatus": registration,
         "UserType": user_type,
         "Vanity": null,
-    }})
+    })
 }
 
 /// A JSON response with `Content-Type: application/json`.
@@ -149,6 +208,22 @@ pub fn code_of_type(error_type: &str) -> &str {
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn the_list_users_query_is_percent_decoded_and_the_first_value_counts() {
+        let q = ListUsersQuery::parse(
+            "user-email=jane%2Bx%40example.com&max-results=5&max-results=9&next-token=a%3D&x=1",
+        );
+        assert_eq!(
+            q,
+            ListUsersQuery {
+                user_email: Some("jane+x@example.com".into()),
+                user_type: None,
+                max_results: Some("5".into()),
+                next_token: Some("a=".into()),
+            }
+        );
+    }
 
     #[test]
     fn timestamps_have_milliseconds_and_z() {

@@ -28,6 +28,7 @@ pub fn policy() -> CallPolicy {
             base: Duration::from_millis(5),
             max: Duration::from_millis(20),
         },
+        reconcile: true,
     }
 }
 
@@ -132,6 +133,7 @@ pub fn request(email: Option<&str>, user_type: UserType) -> CreateUserRequest {
         email: email.map(str::to_owned),
         username: None,
         user_type: user_type as i32,
+        request_id: String::new(),
     }
 }
 

@@ -1,0 +1,247 @@
+//! Request ids (AIP-155): what the gateway remembers of each `(account_id, request_id)`, so that a
+//! caller's retries end with one user and one answer (SPEC section 7).
+//!
+//! Two bounded, expiring maps (moka), both keyed by a digest of the account and the id:
+//! - *answers*: the final outcome of the first call, with a fingerprint of its request. A repeat
+//!   with the same fingerprint gets it again; one with another fingerprint is a reused id. Calls
+//!   with the same key while the first is in flight wait for it (moka's single flight), and get
+//!   its answer even when it is not one to keep.
+//! - *in doubt*: a marker set before an attempt is sent and cleared when the call ends knowing
+//!   the outcome. It outlives a call that timed out, lost its connection or was cancelled, so the
+//!   next repeat knows that a conflict may be its own earlier create.
+//!
+//! Owns keys, fingerprints, what is kept and for how long; knows nothing of HTTP, gRPC statuses
+//! or the upstream. Never sees an email in clear beyond hashing it.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use moka::future::Cache;
+use sha2::{Digest, Sha256};
+
+use crate::pb::chime::v1::CreateUserRequest;
+
+/// An answer's size is charged to the capacity in units of this many bytes.
+pub const WEIGHT_UNIT: usize = 1024;
+
+/// Which call a request id belongs to: a digest of the account and the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key([u8; 32]);
+
+impl Key {
+    /// The key of `request_id` in `account_id`.
+    pub fn new(account_id: &str, request_id: uuid::Uuid) -> Self {
+        let mut h = Sha256::new();
+        field(&mut h, Some(account_id.as_bytes()));
+        h.update(request_id.as_bytes());
+        Self(h.finalize().into())
+    }
+}
+
+/// What a request asks for (account, email, username, user type), so a reused id is noticed
+/// without keeping the request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of a request; the request id itself is not part of it.
+    pub fn of(request: &CreateUserRequest) -> Self {
+        let mut h = Sha256::new();
+        field(&mut h, Some(request.account_id.as_bytes()));
+        field(&mut h, request.email.as_deref().map(str::as_bytes));
+        field(&mut h, request.username.as_deref().map(str::as_bytes));
+        h.update(request.user_type.to_be_bytes());
+        Self(h.finalize().into())
+    }
+}
+
+/// Hashes a field with its presence and length, so no two requests share an input.
+fn field(h: &mut Sha256, value: Option<&[u8]>) {
+    match value {
+        None => h.update([0]),
+        Some(v) => {
+            h.update([1]);
+            h.update((v.len() as u64).to_be_bytes());
+            h.update(v);
+        }
+    }
+}
+
+/// The bytes an answer holds, to charge it to the capacity.
+pub trait Footprint {
+    /// Approximately how many bytes of memory the value holds, beyond the map's own entry.
+    fn footprint(&self) -> usize;
+}
+
+/// How a call with a request id ended, as its repeats need to know it.
+#[derive(Debug)]
+pub enum Ending<V, E> {
+    /// An answer no retry can change: kept, and every repeat gets it.
+    Final(V),
+    /// An answer not to keep (a retry may change it); `in_doubt` when an attempt may have
+    /// created the user.
+    Passing {
+        /// The answer of this call (and of those that waited for it).
+        error: E,
+        /// An attempt's outcome is unknown.
+        in_doubt: bool,
+    },
+}
+
+/// What a call with a request id came to.
+#[derive(Debug)]
+pub enum Outcome<V, E> {
+    /// An answer: this call's own (`replayed` false), or the first call's, kept or waited for.
+    Answer {
+        /// The answer.
+        result: Result<V, Arc<E>>,
+        /// This call did not make it: it is the answer of an earlier or concurrent call.
+        replayed: bool,
+    },
+    /// The request id was used for a different request: nothing was done.
+    Reused,
+}
+
+/// The calls of this request id before this one, as this call needs to know them.
+#[derive(Debug)]
+pub struct Doubt {
+    mark: Option<(Cache<Key, Fingerprint>, Key, Fingerprint)>,
+    marked: bool,
+    /// An earlier call with this request id ended without knowing whether it created the user.
+    pub before: bool,
+}
+
+impl Doubt {
+    /// For a call without a request id: nothing before it, nothing to mark.
+    pub fn none() -> Self {
+        Self {
+            mark: None,
+            marked: false,
+            before: false,
+        }
+    }
+
+    /// Notes that an attempt is about to be sent: until the call ends knowing the outcome, its
+    /// request id is in doubt, even if the call is cancelled.
+    pub async fn sent(&mut self) {
+        if let Some((marks, key, fingerprint)) = &self.mark
+            && !std::mem::replace(&mut self.marked, true)
+        {
+            marks.insert(*key, *fingerprint).await;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Kept<V> {
+    fingerprint: Fingerprint,
+    value: V,
+}
+
+#[derive(Debug)]
+struct Passed<E> {
+    fingerprint: Fingerprint,
+    error: Arc<E>,
+}
+
+/// The request ids of one gateway process and what became of them.
+pub struct Ledger<V> {
+    answers: Cache<Key, Arc<Kept<V>>>,
+    in_doubt: Cache<Key, Fingerprint>,
+}
+
+impl<V> std::fmt::Debug for Ledger<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("answers", &self.answers.entry_count())
+            .field("in_doubt", &self.in_doubt.entry_count())
+            .finish()
+    }
+}
+
+impl<V> Ledger<V>
+where
+    V: Footprint + Clone + Send + Sync + 'static,
+{
+    /// A ledger keeping each outcome for `ttl`, and at most `capacity` entries (an answer of more
+    /// than [`WEIGHT_UNIT`] bytes counts once per unit).
+    pub fn new(ttl: Duration, capacity: u64) -> Self {
+        let answers = Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(ttl)
+            .weigher(|_: &Key, kept: &Arc<Kept<V>>| weight(kept.value.footprint()))
+            .build();
+        let in_doubt = Cache::builder().max_capacity(capacity).time_to_live(ttl).build();
+        Self { answers, in_doubt }
+    }
+
+    /// Runs `call` once for `key`: a repeat gets the kept answer, a concurrent one waits for the
+    /// call in flight, and a different request under the same key runs nothing.
+    pub async fn run<E, F, Fut>(&self, key: Key, fingerprint: Fingerprint, call: F) -> Outcome<V, E>
+    where
+        E: Send + Sync + 'static,
+        F: FnOnce(Doubt) -> Fut,
+        Fut: Future<Output = Ending<V, E>>,
+    {
+        if let Some(marked) = self.in_doubt.get(&key).await
+            && marked != fingerprint
+        {
+            return Outcome::Reused;
+        }
+        let mut ran = false;
+        let init = async {
+            ran = true;
+            let before = self.in_doubt.contains_key(&key);
+            let doubt = Doubt {
+                mark: Some((self.in_doubt.clone(), key, fingerprint)),
+                marked: false,
+                before,
+            };
+            match call(doubt).await {
+                Ending::Final(value) => {
+                    self.in_doubt.invalidate(&key).await;
+                    Ok(Arc::new(Kept { fingerprint, value }))
+                }
+                Ending::Passing { error, in_doubt } => {
+                    if !in_doubt && !before {
+                        self.in_doubt.invalidate(&key).await;
+                    }
+                    let error = Arc::new(error);
+                    Err(Passed { fingerprint, error })
+                }
+            }
+        };
+        let result = self.answers.try_get_with(key, init).await;
+        match result {
+            Ok(kept) if kept.fingerprint == fingerprint => Outcome::Answer {
+                result: Ok(kept.value.clone()),
+                replayed: !ran,
+            },
+            Err(passed) if passed.fingerprint == fingerprint => Outcome::Answer {
+                result: Err(passed.error.clone()),
+                replayed: !ran,
+            },
+            Ok(_) | Err(_) => Outcome::Reused,
+        }
+    }
+
+    /// Answers kept now (after pending evictions), for tests and the benchmark.
+    pub async fn kept(&self) -> u64 {
+        self.answers.run_pending_tasks().await;
+        self.answers.entry_count()
+    }
+
+    /// The total weight of the answers kept now, in entries.
+    pub async fn weight(&self) -> u64 {
+        self.answers.run_pending_tasks().await;
+        self.answers.weighted_size()
+    }
+}
+
+/// The capacity an answer of `bytes` takes: one entry per started [`WEIGHT_UNIT`].
+fn weight(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(WEIGHT_UNIT).max(1)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+#[path = "idempotency_tests.rs"]
+mod tests;

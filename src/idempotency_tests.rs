@@ -1,0 +1,268 @@
+//! The ledger with plain values: what is kept, for how long, and who runs.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::*;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Answer(String);
+
+impl Footprint for Answer {
+    fn footprint(&self) -> usize {
+        self.0.len()
+    }
+}
+
+fn ledger() -> Ledger<Answer> {
+    Ledger::new(Duration::from_secs(60), 100)
+}
+
+fn key(n: u128) -> Key {
+    Key::new("acct", uuid::Uuid::from_u128(n))
+}
+
+fn request(email: &str) -> CreateUserRequest {
+    CreateUserRequest {
+        account_id: "acct".into(),
+        email: Some(email.into()),
+        ..Default::default()
+    }
+}
+
+fn fp(email: &str) -> Fingerprint {
+    Fingerprint::of(&request(email))
+}
+
+/// Runs one call that answers `ending` and counts that it ran.
+async fn run(
+    ledger: &Ledger<Answer>,
+    key: Key,
+    fingerprint: Fingerprint,
+    runs: &AtomicU32,
+    ending: Ending<Answer, &'static str>,
+) -> Outcome<Answer, &'static str> {
+    ledger
+        .run(key, fingerprint, |_doubt| async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            ending
+        })
+        .await
+}
+
+fn answer(outcome: &Outcome<Answer, &'static str>) -> (Result<Answer, &'static str>, bool) {
+    match outcome {
+        Outcome::Answer { result, replayed } => (result.clone().map_err(|e| *e), *replayed),
+        Outcome::Reused => panic!("reused"),
+    }
+}
+
+fn final_answer(text: &str) -> Ending<Answer, &'static str> {
+    Ending::Final(Answer(text.into()))
+}
+
+#[tokio::test]
+async fn a_repeat_gets_the_kept_answer_without_running() {
+    let (l, runs) = (ledger(), AtomicU32::new(0));
+    let first = run(&l, key(1), fp("a@x.io"), &runs, final_answer("user-1")).await;
+    assert_eq!(answer(&first), (Ok(Answer("user-1".into())), false));
+    let again = run(&l, key(1), fp("a@x.io"), &runs, final_answer("user-2")).await;
+    assert_eq!(answer(&again), (Ok(Answer("user-1".into())), true));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn another_id_or_another_account_is_another_call() {
+    let (l, runs) = (ledger(), AtomicU32::new(0));
+    run(&l, key(1), fp("a@x.io"), &runs, final_answer("1")).await;
+    run(&l, key(2), fp("a@x.io"), &runs, final_answer("2")).await;
+    let other_account = Key::new("acct2", uuid::Uuid::from_u128(1));
+    run(&l, other_account, fp("a@x.io"), &runs, final_answer("3")).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_passing_answer_is_not_kept_and_the_repeat_runs_again() {
+    let (l, runs) = (ledger(), AtomicU32::new(0));
+    let passing = Ending::Passing {
+        error: "throttled",
+        in_doubt: false,
+    };
+    let first = run(&l, key(1), fp("a@x.io"), &runs, passing).await;
+    assert_eq!(answer(&first), (Err("throttled"), false));
+    let again = run(&l, key(1), fp("a@x.io"), &runs, final_answer("user")).await;
+    assert_eq!(answer(&again), (Ok(Answer("user".into())), false));
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_different_request_under_a_kept_id_is_reused_and_runs_nothing() {
+    let (l, runs) = (ledger(), AtomicU32::new(0));
+    run(&l, key(1), fp("a@x.io"), &runs, final_answer("user")).await;
+    let other = run(&l, key(1), fp("b@x.io"), &runs, final_answer("other")).await;
+    assert!(matches!(other, Outcome::Reused));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn concurrent_calls_with_one_id_run_once_and_share_even_a_passing_answer() {
+    let l = Arc::new(ledger());
+    let runs = Arc::new(AtomicU32::new(0));
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let (l, runs) = (l.clone(), runs.clone());
+            tokio::spawn(async move {
+                let outcome = l
+                    .run(key(1), fp("a@x.io"), |_| async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ending::<Answer, _>::Passing {
+                            error: "unavailable",
+                            in_doubt: false,
+                        }
+                    })
+                    .await;
+                answer(&outcome)
+            })
+        })
+        .collect();
+    let mut replayed = 0;
+    for call in calls {
+        let (result, r) = call.await.unwrap();
+        assert_eq!(result, Err("unavailable"));
+        replayed += usize::from(r);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(replayed, 7);
+}
+
+/// Runs a call that sends an attempt and ends with `ending`; whether it saw its id in doubt.
+async fn seen_before(l: &Ledger<Answer>, ending: Ending<Answer, &'static str>) -> bool {
+    let seen = AtomicU32::new(0);
+    let seen_by_call = &seen;
+    l.run(key(1), fp("a@x.io"), move |mut doubt| async move {
+        seen_by_call.store(u32::from(doubt.before), Ordering::SeqCst);
+        doubt.sent().await;
+        ending
+    })
+    .await;
+    seen.load(Ordering::SeqCst) == 1
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_leaves_the_id_in_doubt_until_an_answer_is_known() {
+    let l = ledger();
+    let before = |ending| seen_before(&l, ending);
+    let unknown = || Ending::Passing {
+        error: "timeout",
+        in_doubt: true,
+    };
+    let provably_not_sent = || Ending::Passing {
+        error: "throttled",
+        in_doubt: false,
+    };
+    assert!(!before(provably_not_sent()).await);
+    assert!(!before(unknown()).await, "the first call knows of no earlier one");
+    assert!(before(provably_not_sent()).await);
+    assert!(
+        before(provably_not_sent()).await,
+        "a call that learnt nothing keeps the doubt"
+    );
+    assert!(before(final_answer("user")).await);
+    let next = run(&l, key(1), fp("a@x.io"), &AtomicU32::new(0), final_answer("x")).await;
+    assert_eq!(answer(&next), (Ok(Answer("user".into())), true));
+    assert!(
+        !l.in_doubt.contains_key(&key(1)),
+        "a final answer settles the doubt"
+    );
+}
+
+#[tokio::test]
+async fn a_call_cancelled_after_sending_leaves_its_id_in_doubt() {
+    let l = ledger();
+    let call = l.run(key(1), fp("a@x.io"), |mut doubt| async move {
+        doubt.sent().await;
+        std::future::pending::<Ending<Answer, &'static str>>().await
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), call)
+            .await
+            .is_err()
+    );
+    assert!(l.in_doubt.contains_key(&key(1)));
+    let other = run(&l, key(1), fp("b@x.io"), &AtomicU32::new(0), final_answer("x")).await;
+    assert!(
+        matches!(other, Outcome::Reused),
+        "the doubt keeps its request's fingerprint"
+    );
+}
+
+#[tokio::test]
+async fn answers_expire_after_the_ttl() {
+    let l = Ledger::new(Duration::from_millis(100), 100);
+    let runs = AtomicU32::new(0);
+    run(&l, key(1), fp("a@x.io"), &runs, final_answer("1")).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let again = run(&l, key(1), fp("a@x.io"), &runs, final_answer("2")).await;
+    assert_eq!(answer(&again), (Ok(Answer("2".into())), false));
+}
+
+#[tokio::test]
+async fn the_capacity_bounds_what_is_kept_and_large_answers_weigh_more() {
+    let l = Ledger::new(Duration::from_secs(60), 20);
+    let runs = AtomicU32::new(0);
+    for n in 0..100 {
+        run(&l, key(n), fp("a@x.io"), &runs, final_answer("small")).await;
+    }
+    assert!(l.kept().await <= 20, "{}", l.kept().await);
+    let l = Ledger::new(Duration::from_secs(60), 20);
+    let big = "x".repeat(3 * WEIGHT_UNIT + 1);
+    run(&l, key(1), fp("a@x.io"), &runs, Ending::Final(Answer(big))).await;
+    assert_eq!(l.weight().await, 4);
+}
+
+#[test]
+fn fingerprints_tell_every_field_and_its_presence_apart() {
+    let base = CreateUserRequest {
+        account_id: "acct".into(),
+        email: Some("a@x.io".into()),
+        username: Some("jane".into()),
+        user_type: 1,
+        request_id: "3f2b9c4e-8d1a-4c3e-9f6b-2a7d5e8c1b90".into(),
+    };
+    let variants = [
+        CreateUserRequest {
+            account_id: "acct2".into(),
+            ..base.clone()
+        },
+        CreateUserRequest {
+            email: Some("b@x.io".into()),
+            ..base.clone()
+        },
+        CreateUserRequest {
+            username: None,
+            ..base.clone()
+        },
+        CreateUserRequest {
+            username: Some(String::new()),
+            ..base.clone()
+        },
+        CreateUserRequest {
+            user_type: 2,
+            ..base.clone()
+        },
+        CreateUserRequest {
+            account_id: "acct".into(),
+            email: None,
+            username: Some("a@x.io".into()),
+            ..base.clone()
+        },
+    ];
+    for v in &variants {
+        assert_ne!(Fingerprint::of(v), Fingerprint::of(&base), "{v:?}");
+    }
+    let other_id = CreateUserRequest {
+        request_id: String::new(),
+        ..base.clone()
+    };
+    assert_eq!(Fingerprint::of(&other_id), Fingerprint::of(&base));
+}
