@@ -3,57 +3,19 @@
 
 mod common;
 
-use std::{collections::HashSet, time::SystemTime};
+use std::collections::HashSet;
 
 use bytes::Bytes;
-use chime_gateway::{
-    emulator::{DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, DEMO_ACCOUNT_ID, sigv4},
-    pb::chime::v1::UserType,
-};
-use common::{create, emulator, request, stack};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+use chime_gateway::{emulator::DEMO_ACCOUNT_ID, pb::chime::v1::UserType};
+use common::{Answer, create, emulator, header, request, send_raw, stack};
 use tonic::Code;
 
-struct Answer {
-    status: u16,
-    headers: http::HeaderMap,
-    body: serde_json::Value,
-}
-
 async fn send(url: &str, account: &str, body: &str, signed: bool) -> Answer {
-    let uri = format!("{url}/accounts/{account}/users?operation=create");
-    let mut request = http::Request::post(&uri)
-        .header("content-type", "application/json")
-        .header("host", url.trim_start_matches("http://"))
-        .body(body.as_bytes().to_vec())
-        .unwrap();
-    if signed {
-        let keys = (DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY);
-        sigv4::sign(&mut request, keys, ("us-east-1", "chime"), SystemTime::now()).unwrap();
-    }
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let response = client
-        .request(request.map(|b| Full::new(Bytes::from(b))))
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn header<'a>(answer: &'a Answer, name: &str) -> &'a str {
-    answer
-        .headers
-        .get(name)
-        .map(|v| v.to_str().unwrap())
-        .unwrap_or("")
+    let path = format!("/accounts/{account}/users?operation=create");
+    send_raw(url, http::Method::POST, &path, body, signed).await
 }
 
 #[tokio::test]

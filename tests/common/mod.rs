@@ -3,11 +3,20 @@
 
 #![allow(dead_code)]
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
 use chime_gateway::{
     chime::{self, SdkUpstream, Upstream},
-    emulator::{DEMO_ACCOUNT_ID, Emulator, EmulatorConfig},
+    emulator::{
+        DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, DEMO_ACCOUNT_ID, Emulator, EmulatorConfig, sigv4,
+    },
     error::REQUEST_ID_KEY,
     pb::chime::v1::{
         CreateUserRequest, CreateUserResponse, UserType, chime_service_client::ChimeServiceClient,
@@ -170,4 +179,50 @@ pub async fn upstream_for(emulator: &Emulator) -> SdkUpstream {
     let (key, secret) = emulator.credentials();
     let sdk_config = chime::load_static_sdk_config(&emulator.endpoint_url(), key, secret).await;
     SdkUpstream::new(&sdk_config)
+}
+
+/// An HTTP answer read off the wire.
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: serde_json::Value,
+}
+
+/// Sends one raw HTTP request to an emulator at `url` (`path` with its query), SigV4-signed with
+/// the default keys when `signed`, as an SDK would.
+pub async fn send_raw(url: &str, method: http::Method, path: &str, body: &str, signed: bool) -> Answer {
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("{url}{path}"))
+        .header("content-type", "application/json")
+        .header("host", url.trim_start_matches("http://"))
+        .body(body.as_bytes().to_vec())
+        .unwrap();
+    if signed {
+        let keys = (DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY);
+        sigv4::sign(&mut request, keys, ("us-east-1", "chime"), SystemTime::now()).unwrap();
+    }
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let response = client
+        .request(request.map(|b| Full::new(Bytes::from(b))))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A header of an answer, or "".
+pub fn header<'a>(answer: &'a Answer, name: &str) -> &'a str {
+    answer
+        .headers
+        .get(name)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or("")
 }
