@@ -3,8 +3,10 @@
 Run by .ci/run; locally: CHIME_EMULATOR_BIN=target/debug/chime-emulator pytest tests/python
 """
 
+import json
 import os
 import subprocess
+import urllib.request
 import uuid
 
 import botocore.session
@@ -124,3 +126,73 @@ def test_throttling_answers_429_throttled_client():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def admin(url, path, body):
+    request = urllib.request.Request(
+        f"{url}/_emulator/{path}",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 204
+
+
+def fresh_account(url):
+    account = str(uuid.uuid4())
+    admin(url, "accounts", {"account_id": account})
+    return account
+
+
+def test_list_users_finds_a_user_by_email_as_create_user_described_it(endpoint):
+    c = client(endpoint)
+    account = fresh_account(endpoint)
+    created = c.create_user(AccountId=account, Email="Jane@Example.com", Username="jane")["User"]
+    out = c.list_users(AccountId=account, UserEmail="jane@example.com")
+    assert out["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert len(out["ResponseMetadata"]["RequestId"]) == 36
+    assert out["Users"] == [created]
+    assert "NextToken" not in out
+    assert c.list_users(AccountId=account, UserEmail="nobody@example.com")["Users"] == []
+
+
+def test_list_users_pages_with_next_token_and_filters_by_type(endpoint):
+    c = client(endpoint)
+    account = fresh_account(endpoint)
+    for i in range(5):
+        c.create_user(AccountId=account, Email=f"u{i}@example.com",
+                      UserType="SharedDevice" if i % 2 else "PrivateUser")
+    emails, kwargs = [], {}
+    while True:
+        page = c.list_users(AccountId=account, MaxResults=2, **kwargs)
+        assert len(page["Users"]) <= 2
+        emails += [u["PrimaryEmail"] for u in page["Users"]]
+        if "NextToken" not in page:
+            break
+        kwargs = {"NextToken": page["NextToken"]}
+    assert emails == [f"u{i}@example.com" for i in range(5)]
+    devices = c.list_users(AccountId=account, UserType="SharedDevice")["Users"]
+    assert [u["PrimaryEmail"] for u in devices] == ["u1@example.com", "u3@example.com"]
+
+
+def test_list_users_refuses_a_page_size_over_200_and_unknown_accounts(endpoint):
+    c = client(endpoint)
+    with pytest.raises(c.exceptions.BadRequestException) as excinfo:
+        c.list_users(AccountId=DEMO_ACCOUNT, MaxResults=201)
+    assert error_of(excinfo) == ("BadRequestException", 400)
+    with pytest.raises(c.exceptions.NotFoundException) as excinfo:
+        c.list_users(AccountId="no-such-account")
+    assert error_of(excinfo) == ("NotFoundException", 404)
+
+
+def test_a_lost_answer_leaves_a_user_that_list_users_finds(endpoint):
+    c = client(endpoint)
+    account = fresh_account(endpoint)
+    admin(endpoint, "faults", {"fault": {"kind": "commit_then_error", "status": 500,
+                                         "error_type": "ServiceFailureException"}})
+    with pytest.raises(c.exceptions.ServiceFailureException) as excinfo:
+        c.create_user(AccountId=account, Email="lost@example.com")
+    assert error_of(excinfo) == ("ServiceFailureException", 500)
+    users = c.list_users(AccountId=account, UserEmail="lost@example.com")["Users"]
+    assert [u["PrimaryEmail"] for u in users] == ["lost@example.com"]
