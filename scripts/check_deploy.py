@@ -6,7 +6,7 @@
 - Kubernetes: every manifest and the rendered kustomization validate against the Kubernetes
   schemas (strict); the gateway is a native sidecar with gRPC probes and a hardened
   securityContext; terminationGracePeriodSeconds exceeds --shutdown-grace.
-- IAM: the policy allows chime:CreateUser and nothing else.
+- IAM: the policy allows chime:CreateUser and chime:ListUsers (reconciliation) and nothing else.
 - ghz: the configs are valid JSON that calls the method through reflection with unique emails.
 """
 
@@ -107,7 +107,8 @@ def iam():
         check(st["Effect"] == "Allow", "IAM statements only allow")
         a = st["Action"]
         actions |= {a} if isinstance(a, str) else set(a)
-    check(actions == {"chime:CreateUser"}, f"IAM policy allows chime:CreateUser only: {actions}")
+    expected = {"chime:CreateUser", "chime:ListUsers"}
+    check(actions == expected, f"IAM policy allows chime:CreateUser and chime:ListUsers only: {actions}")
 
 
 def ghz():

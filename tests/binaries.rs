@@ -116,6 +116,9 @@ async fn help_exits_0_and_names_every_setting() {
         "CHIME_GATEWAY_TLS_CERT",
         "CHIME_GATEWAY_TLS_KEY",
         "CHIME_GATEWAY_TLS_CLIENT_CA",
+        "CHIME_GATEWAY_IDEMPOTENCY_TTL",
+        "CHIME_GATEWAY_IDEMPOTENCY_CAPACITY",
+        "CHIME_GATEWAY_RECONCILE",
     ] {
         assert!(help.contains(name), "{name}");
     }
@@ -259,7 +262,7 @@ async fn stderr_after_sigterm(mut running: Running) -> String {
 
 #[tokio::test]
 async fn logs_at_debug_never_contain_emails_or_display_names() {
-    let (child, listen) = start_emulated(&[], &[("RUST_LOG", "debug")]).await;
+    let (child, listen, emulator_url) = start_emulated_with_emulator(&[], &[("RUST_LOG", "debug")]).await;
     let mut client = ChimeServiceClient::connect(format!("http://{listen}"))
         .await
         .unwrap();
@@ -273,6 +276,23 @@ async fn logs_at_debug_never_contain_emails_or_display_names() {
     };
     client.create_user(request.clone()).await.unwrap();
     client.create_user(request.clone()).await.unwrap_err();
+    // A lost answer: the lookup sends the email upstream in the query string (user-email).
+    let fault = r#"{"fault": {"kind": "commit_then_reset"}}"#;
+    assert_eq!(
+        post_json(&format!("{emulator_url}/_emulator/faults"), fault).await,
+        204
+    );
+    let lost = CreateUserRequest {
+        email: Some("lost.marker.4417@example.com".into()),
+        request_id: "3f2b9c4e-8d1a-4c3e-9f6b-2a7d5e8c1b90".into(),
+        ..request.clone()
+    };
+    let found = client.create_user(lost.clone()).await.unwrap();
+    assert_eq!(
+        found.metadata().get("x-chime-gateway-reconciled").unwrap(),
+        "true"
+    );
+    client.create_user(lost).await.unwrap();
     let invalid = CreateUserRequest {
         email: Some("bad.marker.4417".into()),
         ..request
@@ -294,8 +314,10 @@ async fn json_logs_have_one_object_per_call_with_its_outcome() {
         .unwrap();
     let request = CreateUserRequest {
         account_id: "no-such-account".into(),
+        request_id: "3f2b9c4e-8d1a-4c3e-9f6b-2a7d5e8c1b90".into(),
         ..Default::default()
     };
+    client.create_user(request.clone()).await.unwrap_err();
     client.create_user(request).await.unwrap_err();
     let logs = stderr_after_sigterm(child).await;
     let calls: Vec<serde_json::Value> = logs
@@ -303,7 +325,7 @@ async fn json_logs_have_one_object_per_call_with_its_outcome() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
         .filter(|v| v["message"] == "call finished")
         .collect();
-    assert_eq!(calls.len(), 1, "{logs}");
+    assert_eq!(calls.len(), 2, "{logs}");
     let call = &calls[0];
     assert_eq!(call["method"], "CreateUser");
     assert_eq!(call["grpc_code"], "NotFound");
@@ -311,6 +333,15 @@ async fn json_logs_have_one_object_per_call_with_its_outcome() {
     assert_eq!(call["attempts"], 1);
     assert_eq!(call["aws_request_id"].as_str().unwrap().len(), 36);
     assert!(call["latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        (&call["replayed"], &call["reconciled"]),
+        (&false.into(), &false.into())
+    );
+    let repeat = &calls[1];
+    assert_eq!(repeat["grpc_code"], "NotFound");
+    assert_eq!(repeat["replayed"], true);
+    assert_eq!(repeat["attempts"], 0, "the repeat called nothing");
+    assert_eq!(repeat["aws_request_id"], call["aws_request_id"]);
 }
 
 #[tokio::test]

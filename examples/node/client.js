@@ -1,5 +1,5 @@
-// Calling chime-gateway from Node.js: create a user, read the rich error of a duplicate, use a
-// deadline.
+// Calling chime-gateway from Node.js: create a user with a request id and a deadline, retry it
+// safely, and read the rich error of a duplicate.
 //
 //   npm ci && node client.js 127.0.0.1:50051
 'use strict';
@@ -48,9 +48,12 @@ function createUser(client, request) {
   return new Promise((resolve, reject) => {
     const call = client.CreateUser(request, { deadline }, (err, response) => {
       if (err) reject(err);
-      else resolve({ response, requestId: call.requestId });
+      else resolve({ response, requestId: call.requestId, replayed: call.replayed });
     });
-    call.on('metadata', (md) => { call.requestId = md.get('x-amzn-requestid')[0]; });
+    call.on('metadata', (md) => {
+      call.requestId = md.get('x-amzn-requestid')[0];
+      call.replayed = md.get('x-chime-gateway-replayed')[0] === 'true';
+    });
   });
 }
 
@@ -58,15 +61,25 @@ async function main() {
   const target = process.argv[2] || '127.0.0.1:50051';
   const client = new chime.ChimeService(target, grpc.credentials.createInsecure());
   const email = `node-${crypto.randomUUID().slice(0, 12)}@example.com`;
-  const request = { account_id: DEMO_ACCOUNT, email, user_type: 'USER_TYPE_PRIVATE_USER' };
+  // A new request id per user to create, sent again unchanged with every retry of it.
+  const request = {
+    account_id: DEMO_ACCOUNT, email, user_type: 'USER_TYPE_PRIVATE_USER', request_id: crypto.randomUUID(),
+  };
 
   const { response, requestId } = await createUser(client, request);
   const user = response.user;
   console.log(`created ${user.user_id} (${user.user_registration_status}, ${user.user_invitation_status}), request id ${requestId}`);
   assert.strictEqual(user.primary_email, email);
 
+  // A retry with the same request id (after a timeout, say) gets the same user, not a conflict.
+  const again = await createUser(client, request);
+  console.log(`retried: ${again.response.user.user_id}, replayed=${again.replayed}`);
+  assert.strictEqual(again.response.user.user_id, user.user_id);
+  assert.strictEqual(again.replayed, true);
+
+  // Another create of the same email: ALREADY_EXISTS, with ErrorInfo (reason CONFLICT).
   try {
-    await createUser(client, request);
+    await createUser(client, { ...request, request_id: crypto.randomUUID() });
     assert.fail('expected ALREADY_EXISTS for a duplicate email');
   } catch (err) {
     if (err instanceof assert.AssertionError) throw err;

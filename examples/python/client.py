@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Calling chime-gateway from Python: create a user, read the rich error of a duplicate, use a
-deadline.
+"""Calling chime-gateway from Python: create a user with a request id and a deadline, retry it
+safely, and read the rich error of a duplicate.
 
     pip install -r requirements.txt
     python client.py --target 127.0.0.1:50051
@@ -64,8 +64,9 @@ def main():
     with grpc.insecure_channel(args.target) as channel:
         client = rpc.ChimeServiceStub(channel)
         email = f"py-{uuid.uuid4().hex[:12]}@example.com"
+        # A new request id per user to create, sent again unchanged with every retry of it.
         request = pb.CreateUserRequest(account_id=args.account, email=email,
-                                       user_type=pb.USER_TYPE_PRIVATE_USER)
+                                       user_type=pb.USER_TYPE_PRIVATE_USER, request_id=str(uuid.uuid4()))
 
         # Always set a deadline: the gateway bounds its upstream attempts by it.
         response, call = client.CreateUser.with_call(request, timeout=5.0)
@@ -75,9 +76,16 @@ def main():
               f"{pb.UserInvitationStatus.Name(user.user_invitation_status)}), request id {request_id}")
         assert user.primary_email == email and user.user_id, user
 
-        # The same email again: ALREADY_EXISTS, with ErrorInfo (reason CONFLICT) and RequestInfo.
+        # A retry with the same request id (after a timeout, say) gets the same user, not a conflict.
+        again, call = client.CreateUser.with_call(request, timeout=5.0)
+        metadata = dict(call.initial_metadata())
+        print(f"retried: {again.user.user_id}, replayed={metadata.get('x-chime-gateway-replayed')}")
+        assert again.user.user_id == user.user_id and metadata.get("x-chime-gateway-replayed") == "true"
+
+        # Another create of the same email: ALREADY_EXISTS, with ErrorInfo (reason CONFLICT).
+        duplicate = pb.CreateUserRequest(account_id=args.account, email=email, request_id=str(uuid.uuid4()))
         try:
-            client.CreateUser(request, timeout=5.0)
+            client.CreateUser(duplicate, timeout=5.0)
             sys.exit("expected ALREADY_EXISTS for a duplicate email")
         except grpc.RpcError as err:
             details = rich_error(err)
