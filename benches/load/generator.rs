@@ -127,6 +127,38 @@ where
     tally.finish(started.elapsed())
 }
 
+/// `concurrency` workers calling back to back until `calls` calls have been made.
+pub async fn counted_loop<F, Fut>(concurrency: usize, calls: u64, call: F) -> Run
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = String> + Send,
+{
+    let started = Instant::now();
+    let left = Arc::new(AtomicU64::new(calls));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (call, left) = (call.clone(), left.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    let t = Instant::now();
+                    let code = call(next_id()).await;
+                    tally.record(&code, t.elapsed());
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut tally = Tally::default();
+    for w in workers {
+        tally.merge(w.await.unwrap());
+    }
+    tally.finish(started.elapsed())
+}
+
 /// Calls started at a fixed `rate` per second for `duration`, whatever the answers' latency.
 pub async fn open_loop<F, Fut>(rate: f64, duration: Duration, call: F) -> Run
 where

@@ -9,7 +9,10 @@
 //! 4. `*-half`: 1 and 2 at a fixed rate of half the gateway's saturated rate;
 //! 5. `overload`: 10x the gateway's concurrency limit against a slow emulator;
 //! 6. `in-flight-1000`: 1,000 calls held in flight by a slow emulator, with the default
-//!    `--upstream-max-connections` and then with others (the memory/throughput trade-off).
+//!    `--upstream-max-connections` and then with others (the memory/throughput trade-off);
+//! 7. `gateway-request-id`: 2 with a new request id on every call (the ledger's cost per call);
+//! 8. `ledger-*`: RSS after as many calls as fill the request-id memory at its default capacity,
+//!    with request ids and without (the memory a full ledger adds).
 //!
 //! Settings: `BENCH_SECONDS` (per scenario, default 5), `BENCH_CONCURRENCY` (default 32).
 
@@ -19,6 +22,7 @@ mod report;
 
 use std::time::{Duration, Instant};
 
+use chime_gateway::service::DEFAULT_IDEMPOTENCY_CAPACITY;
 use chime_gateway::{
     chime::{self, SdkUpstream, Upstream},
     error,
@@ -29,7 +33,7 @@ use chime_gateway::{
     },
     translate,
 };
-use generator::{Run, closed_loop, open_loop};
+use generator::{Run, closed_loop, counted_loop, open_loop};
 use report::{Report, Scenario};
 use tonic::transport::Channel;
 
@@ -53,6 +57,13 @@ fn request(id: u64) -> CreateUserRequest {
     }
 }
 
+/// Whether each gRPC call carries a new request id.
+#[derive(Clone, Copy)]
+enum Ids {
+    Without,
+    With,
+}
+
 async fn grpc_client(addr: &str) -> ChimeServiceClient<Channel> {
     ChimeServiceClient::connect(format!("http://{addr}"))
         .await
@@ -61,11 +72,16 @@ async fn grpc_client(addr: &str) -> ChimeServiceClient<Channel> {
 
 fn grpc_call(
     client: ChimeServiceClient<Channel>,
+    ids: Ids,
 ) -> impl Fn(u64) -> futures_call::Call + Clone + Send + 'static {
     move |id| {
         let mut c = client.clone();
+        let mut request = request(id);
+        if let Ids::With = ids {
+            request.request_id = uuid::Uuid::new_v4().to_string();
+        }
         Box::pin(async move {
-            match c.create_user(request(id)).await {
+            match c.create_user(request).await {
                 Ok(_) => "OK".to_owned(),
                 Err(s) => format!("{:?}", s.code()),
             }
@@ -116,7 +132,7 @@ async fn suite() {
         .http_client(chime::http_client(Duration::from_secs(90), Some(256)));
     let upstream = std::sync::Arc::new(SdkUpstream::from_builder(builder));
     let sdk_fn = sdk_call(upstream);
-    let gw_fn = grpc_call(grpc_client(&gateway.addr).await);
+    let gw_fn = grpc_call(grpc_client(&gateway.addr).await, Ids::Without);
 
     // Warm both paths' connection pools.
     closed_loop(concurrency, Duration::from_millis(500), sdk_fn.clone()).await;
@@ -136,9 +152,12 @@ async fn suite() {
             .cpu(cpu)
             .rss(procs::status_kib(gateway.pid(), "VmHWM")),
     );
+    let ids_fn = grpc_call(grpc_client(&gateway.addr).await, Ids::With);
+    let (run, cpu) = with_cpu(Some(gateway.pid()), closed_loop(concurrency, seconds, ids_fn)).await;
+    report.push(Scenario::new("gateway-request-id", &label, run).cpu(cpu));
 
     let bare = procs::bare_server().await;
-    let bare_fn = grpc_call(grpc_client(&bare.addr).await);
+    let bare_fn = grpc_call(grpc_client(&bare.addr).await, Ids::Without);
     closed_loop(concurrency, Duration::from_millis(500), bare_fn.clone()).await;
     let (run, cpu) = with_cpu(
         Some(bare.pid()),
@@ -170,7 +189,31 @@ async fn suite() {
     for connections in [64, 128, 512, 2048] {
         in_flight(&emulator.addr, seconds, Some(connections), &mut report).await;
     }
+    for ids in [Ids::Without, Ids::With] {
+        ledger(&emulator.addr, concurrency, ids, &mut report).await;
+    }
     report.write();
+}
+
+/// Calls one fresh gateway as many times as fill the request-id memory at its default capacity
+/// (and 20% more), then reads its RSS: with request ids the memory is full, without it is empty,
+/// and the difference is what a full memory adds.
+async fn ledger(emulator: &str, concurrency: usize, ids: Ids, report: &mut Report) {
+    let calls = DEFAULT_IDEMPOTENCY_CAPACITY * 6 / 5;
+    let (gateway, _) = procs::gateway(emulator, &[]).await;
+    let call = grpc_call(grpc_client(&gateway.addr).await, ids);
+    let (run, cpu) = with_cpu(Some(gateway.pid()), counted_loop(concurrency, calls, call)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let name = match ids {
+        Ids::Without => "ledger-empty",
+        Ids::With => "ledger-full",
+    };
+    let label = format!("{calls} calls, {concurrency} concurrent, then RSS");
+    report.push(
+        Scenario::new(name, &label, run)
+            .cpu(cpu)
+            .rss(procs::status_kib(gateway.pid(), "VmRSS")),
+    );
 }
 
 /// 10x the concurrency limit against an emulator slowed to 20 ms a call.
@@ -182,7 +225,7 @@ async fn overload(emulator: &str, seconds: Duration, report: &mut Report) {
         r#"{"fault": {"kind": "latency", "millis": 20}, "times": 100000000}"#,
     )
     .await;
-    let call = grpc_call(grpc_client(&gateway.addr).await);
+    let call = grpc_call(grpc_client(&gateway.addr).await, Ids::Without);
     let label = format!("closed loop, {} concurrent, limit {limit}", limit * 10);
     let (run, cpu) = with_cpu(Some(gateway.pid()), closed_loop(limit * 10, seconds, call)).await;
     report.push(
@@ -207,7 +250,7 @@ async fn in_flight(emulator: &str, seconds: Duration, connections: Option<usize>
         label += &format!(", --upstream-max-connections {n}");
     }
     let (gateway, _) = procs::gateway(emulator, &args).await;
-    let call = grpc_call(grpc_client(&gateway.addr).await);
+    let call = grpc_call(grpc_client(&gateway.addr).await, Ids::Without);
     let pid = gateway.pid();
     let sampler = tokio::spawn(async move {
         let mut peak = 0;

@@ -100,7 +100,11 @@ impl Report {
         let low_p50 = gw_low.p50_us as i64 - sdk_low.p50_us as i64;
         let low_p99 = gw_low.p99_us as i64 - sdk_low.p99_us as i64;
         let in_flight = self.get("in-flight-1000").rss_kib.unwrap_or(0);
-        let failed_below: u64 = ["gateway", "gateway-half"]
+        let ids_ratio = cpu("gateway-request-id") / cpu("sdk-alone").max(f64::EPSILON);
+        let ids_extra = cpu("gateway-request-id") - cpu("gateway");
+        let rss = |n: &str| self.get(n).rss_kib.unwrap_or(0);
+        let ledger_kib = rss("ledger-full").saturating_sub(rss("ledger-empty"));
+        let failed_below: u64 = ["gateway", "gateway-request-id", "gateway-half"]
             .iter()
             .map(|n| {
                 self.get(n)
@@ -120,6 +124,18 @@ impl Report {
                 "<= 1.5x",
                 format!("{ratio:.2}x"),
                 ratio <= 1.5,
+            ),
+            (
+                "gateway CPU per call with a request id / SDK-alone CPU per call",
+                "<= 1.5x",
+                format!("{ids_ratio:.2}x ({ids_extra:+.0} us per call for the request id)"),
+                ids_ratio <= 1.5,
+            ),
+            (
+                "RSS a full request-id memory adds (default capacity, ledger-full - ledger-empty)",
+                "<= 16 MiB",
+                mib(ledger_kib),
+                ledger_kib <= 16 * 1024,
             ),
             (
                 "latency added at half saturation, p50",
