@@ -6,14 +6,21 @@
 //!   with the same fingerprint gets it again; one with another fingerprint is a reused id. Calls
 //!   with the same key while the first is in flight wait for it (moka's single flight), and get
 //!   its answer even when it is not one to keep.
-//! - *in doubt*: a marker set before an attempt is sent and cleared when the call ends knowing
-//!   the outcome. It outlives a call that timed out, lost its connection or was cancelled, so the
-//!   next repeat knows that a conflict may be its own earlier create.
+//! - *in doubt*: a marker left by a call that ended without knowing whether it created the user:
+//!   its attempt timed out or lost its connection, or the call itself was cancelled (dropped) while
+//!   an attempt was in flight. The next repeat then knows that a conflict may be its own earlier
+//!   create; a call that ends knowing the outcome clears it. Calls that end as expected write
+//!   nothing here, so the common path costs one map write (the kept answer).
 //!
 //! Owns keys, fingerprints, what is kept and for how long; knows nothing of HTTP, gRPC statuses
 //! or the upstream. Never sees an email in clear beyond hashing it.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    hash::{BuildHasher, Hasher},
+    sync::Arc,
+    time::Duration,
+};
 
 use moka::future::Cache;
 use sha2::{Digest, Sha256};
@@ -24,8 +31,46 @@ use crate::pb::chime::v1::CreateUserRequest;
 pub const WEIGHT_UNIT: usize = 1024;
 
 /// Which call a request id belongs to: a digest of the account and the id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key([u8; 32]);
+
+impl std::hash::Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already a uniform digest: its first eight bytes are as good a hash as any.
+        let (head, _) = self.0.split_first_chunk::<8>().expect("32 bytes");
+        state.write_u64(u64::from_le_bytes(*head));
+    }
+}
+
+/// Hashes a [`Key`] by taking the digest bytes it writes, instead of SipHash over them again.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+impl BuildHasher for DigestHasher {
+    type Hasher = DigestHasher;
+
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher(0)
+    }
+}
+
+type Marks = moka::sync::Cache<Key, Fingerprint, DigestHasher>;
 
 impl Key {
     /// The key of `request_id` in `account_id`.
@@ -101,11 +146,12 @@ pub enum Outcome<V, E> {
     Reused,
 }
 
-/// The calls of this request id before this one, as this call needs to know them.
+/// The calls of this request id before this one, as this call needs to know them, and the
+/// marker this call leaves if it is dropped while an attempt is in flight.
 #[derive(Debug)]
 pub struct Doubt {
-    mark: Option<(Cache<Key, Fingerprint>, Key, Fingerprint)>,
-    marked: bool,
+    mark: Option<(Marks, Key, Fingerprint)>,
+    in_flight: bool,
     /// An earlier call with this request id ended without knowing whether it created the user.
     pub before: bool,
 }
@@ -115,18 +161,33 @@ impl Doubt {
     pub fn none() -> Self {
         Self {
             mark: None,
-            marked: false,
+            in_flight: false,
             before: false,
         }
     }
 
-    /// Notes that an attempt is about to be sent: until the call ends knowing the outcome, its
-    /// request id is in doubt, even if the call is cancelled.
-    pub async fn sent(&mut self) {
-        if let Some((marks, key, fingerprint)) = &self.mark
-            && !std::mem::replace(&mut self.marked, true)
-        {
-            marks.insert(*key, *fingerprint).await;
+    /// Notes that an attempt is about to be sent: if the call goes away before
+    /// [`Doubt::answered`], its request id is left in doubt.
+    pub fn sent(&mut self) {
+        self.in_flight = true;
+    }
+
+    /// Notes that the attempt in flight came back (whatever it said).
+    pub fn answered(&mut self) {
+        self.in_flight = false;
+    }
+
+    fn leave_mark(&self) {
+        if let Some((marks, key, fingerprint)) = &self.mark {
+            marks.insert(*key, *fingerprint);
+        }
+    }
+}
+
+impl Drop for Doubt {
+    fn drop(&mut self) {
+        if self.in_flight {
+            self.leave_mark();
         }
     }
 }
@@ -145,8 +206,8 @@ struct Passed<E> {
 
 /// The request ids of one gateway process and what became of them.
 pub struct Ledger<V> {
-    answers: Cache<Key, Arc<Kept<V>>>,
-    in_doubt: Cache<Key, Fingerprint>,
+    answers: Cache<Key, Arc<Kept<V>>, DigestHasher>,
+    in_doubt: Marks,
 }
 
 impl<V> std::fmt::Debug for Ledger<V> {
@@ -169,8 +230,11 @@ where
             .max_capacity(capacity)
             .time_to_live(ttl)
             .weigher(|_: &Key, kept: &Arc<Kept<V>>| weight(kept.value.footprint()))
-            .build();
-        let in_doubt = Cache::builder().max_capacity(capacity).time_to_live(ttl).build();
+            .build_with_hasher(DigestHasher::default());
+        let in_doubt = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(ttl)
+            .build_with_hasher(DigestHasher::default());
         Self { answers, in_doubt }
     }
 
@@ -182,7 +246,7 @@ where
         F: FnOnce(Doubt) -> Fut,
         Fut: Future<Output = Ending<V, E>>,
     {
-        if let Some(marked) = self.in_doubt.get(&key).await
+        if let Some(marked) = self.in_doubt.get(&key)
             && marked != fingerprint
         {
             return Outcome::Reused;
@@ -193,17 +257,19 @@ where
             let before = self.in_doubt.contains_key(&key);
             let doubt = Doubt {
                 mark: Some((self.in_doubt.clone(), key, fingerprint)),
-                marked: false,
+                in_flight: false,
                 before,
             };
             match call(doubt).await {
                 Ending::Final(value) => {
-                    self.in_doubt.invalidate(&key).await;
+                    if before {
+                        self.in_doubt.invalidate(&key);
+                    }
                     Ok(Arc::new(Kept { fingerprint, value }))
                 }
                 Ending::Passing { error, in_doubt } => {
-                    if !in_doubt && !before {
-                        self.in_doubt.invalidate(&key).await;
+                    if in_doubt {
+                        self.in_doubt.insert(key, fingerprint);
                     }
                     let error = Arc::new(error);
                     Err(Passed { fingerprint, error })

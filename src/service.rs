@@ -289,13 +289,15 @@ impl<U: Upstream> ChimeGateway<U> {
                 drop(queued);
                 waiting = false;
                 let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
-                doubt.sent().await;
+                doubt.sent();
                 sending = true;
-                let error = match self.attempt(input.clone(), n).await {
+                let attempt = self.attempt(input.clone(), n).await;
+                doubt.answered();
+                sending = false;
+                let error = match attempt {
                     Ok(created) => return Ok(Success::created(created)),
                     Err(error) => error,
                 };
-                sending = false;
                 let unknown = error::outcome_unknown(&error);
                 // A 2xx whose body could not be read created the user, unseen.
                 in_doubt |= unknown || matches!(error, UpstreamError::Unparseable { .. });
