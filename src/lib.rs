@@ -22,6 +22,8 @@ pub mod emulator;
 pub mod error;
 pub mod fuzzing;
 pub mod idempotency;
+pub mod listeners;
+pub mod message_size;
 pub mod metrics;
 pub mod pb;
 pub mod server;

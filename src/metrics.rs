@@ -364,6 +364,29 @@ pub fn go_code_name(code: Code) -> &'static str {
     }
 }
 
+/// The code's canonical name (`google.rpc.Code`, as every gRPC runtime's docs spell it), for logs.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// The gRPC code in a `grpc-status` header or trailer.
 fn code_of(headers: &http::HeaderMap) -> Option<Code> {
     let value = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
@@ -483,6 +506,16 @@ mod tests {
     fn go_names_match_grpc_go() {
         assert_eq!(go_code_name(Code::Cancelled), "Canceled");
         assert_eq!(go_code_name(Code::AlreadyExists), "AlreadyExists");
+    }
+
+    #[test]
+    fn canonical_names_are_google_rpc_codes() {
+        for n in 0..=16 {
+            let code = Code::from_i32(n);
+            let upper_snake = crate::error::upper_snake(go_code_name(code)).replace("CANCELED", "CANCELLED");
+            assert_eq!(code_name(code), upper_snake, "{n}");
+        }
+        assert_eq!(code_name(Code::Ok), "OK");
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Assembles the gRPC server on one port (ChimeService, `grpc.health.v1`, reflection v1 and
-//! v1alpha), the Prometheus port beside it, and owns their lifecycle: serve until the shutdown
-//! future resolves, then report NOT_SERVING, stop accepting, give in-flight calls the grace period,
-//! and cancel what is left.
+//! Assembles the gRPC server on one port or Unix socket (ChimeService, `grpc.health.v1`, reflection
+//! v1 and v1alpha), the Prometheus port and the optional health-only port beside it, and owns their
+//! lifecycle: serve until the shutdown future resolves, then report NOT_SERVING (on both ports),
+//! stop accepting, give in-flight calls the grace period, cancel what is left, and close the
+//! health port last.
 //!
 //! `run` takes already-bound listeners, so tests start exactly the server production runs.
 
@@ -15,11 +16,14 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
+pub use crate::listeners::Listener;
 use crate::{
     chime::Upstream,
+    message_size::MessageSizeLayer,
     metrics::{GrpcMetricsLayer, Metrics},
     pb::{self, chime::v1::chime_service_server::ChimeServiceServer},
     service::ChimeGateway,
@@ -27,6 +31,9 @@ use crate::{
 
 /// The gRPC name of the API, also its health-check service name.
 pub use crate::pb::chime::v1::chime_service_server::SERVICE_NAME;
+
+/// How long the health-only port gets to close its connections after the API has stopped.
+const HEALTH_CLOSE: Duration = Duration::from_secs(1);
 
 /// How long cancelled calls get to deliver their UNAVAILABLE once the grace is over.
 const CANCEL_FLUSH: Duration = Duration::from_secs(1);
@@ -38,6 +45,8 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// Where `/metrics` is served; `None` serves no metrics port.
     pub metrics_listener: Option<TcpListener>,
+    /// Where `grpc.health.v1` alone is served too (for probes); `None`: the API port only.
+    pub health_listener: Option<TcpListener>,
     /// HTTP/2 PING interval and timeout towards callers.
     pub http2_keepalive: Option<(Duration, Duration)>,
     /// Connections older than this are closed gracefully.
@@ -54,6 +63,7 @@ impl ServeOptions {
         Self {
             shutdown_grace,
             metrics_listener: None,
+            health_listener: None,
             http2_keepalive: Some((Duration::from_secs(30), Duration::from_secs(10))),
             max_connection_age: None,
             max_message_size: 64 * 1024,
@@ -103,9 +113,12 @@ pub fn tls_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> std::io:
     Ok(tls)
 }
 
-/// Serves the gateway on `listener` until `shutdown` resolves, then drains within the grace.
+type Serving = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// Serves the gateway on `listener` (TCP or a Unix socket) until `shutdown` resolves, then drains
+/// within the grace.
 pub async fn run<U: Upstream>(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     gateway: ChimeGateway<U>,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
@@ -121,6 +134,19 @@ pub async fn run<U: Upstream>(
     let metrics_task = options
         .metrics_listener
         .map(|l| tokio::spawn(serve_metrics(l, metrics.clone())));
+    let health_port = options.health_listener.map(|listener| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .layer(GrpcMetricsLayer::new(metrics.clone()))
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(incoming(listener), async move {
+                let _ = stopped.await;
+            });
+        HealthPort {
+            stop,
+            task: tokio::spawn(server),
+        }
+    });
     let canceller = gateway.canceller();
     let api = ChimeServiceServer::new(gateway)
         .max_decoding_message_size(options.max_message_size)
@@ -134,27 +160,52 @@ pub async fn run<U: Upstream>(
     }
     let (interval, timeout) = options.http2_keepalive.unzip();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = builder
+    let router = builder
         .http2_keepalive_interval(interval)
         .http2_keepalive_timeout(timeout)
         // Counts every call, outermost so it sees the final code of each.
         .layer(GrpcMetricsLayer::new(metrics))
+        .layer(MessageSizeLayer::new(options.max_message_size))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(api)
-        .serve_with_incoming_shutdown(incoming(listener), async {
-            let _ = stop_rx.await;
-        });
+        .add_service(api);
+    let stop = async {
+        let _ = stop_rx.await;
+    };
+    let server: Serving = match listener.into() {
+        Listener::Tcp(l) => Box::pin(router.serve_with_incoming_shutdown(incoming(l), stop)),
+        Listener::Unix(l) => Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop)),
+    };
     tokio::pin!(server);
     let result = tokio::select! {
         result = &mut server => result.map_err(ServeError::from),
         () = shutdown => drain(server, &health, stop_tx, options.shutdown_grace, || canceller.cancel()).await,
     };
+    if let Some(port) = health_port {
+        port.close().await;
+    }
     if let Some(task) = metrics_task {
         task.abort();
     }
     result
+}
+
+/// The health-only port: `grpc.health.v1` and nothing else, with the API port's statuses.
+struct HealthPort {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl HealthPort {
+    /// Closes it once the API has stopped: probes saw NOT_SERVING throughout the drain.
+    async fn close(self) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(HEALTH_CLOSE, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
 }
 
 async fn drain<F: Future<Output = Result<(), tonic::transport::Error>>>(

@@ -27,7 +27,7 @@ use crate::{
     chime::{Created, Found, Upstream},
     error::{self, CallError, ErrorResponse, REQUEST_ID_KEY, Reconciliation, UpstreamError},
     idempotency::{Doubt, Ending, Fingerprint, Footprint, Key, Ledger, Outcome},
-    metrics::{Metrics, WaitingGuard},
+    metrics::{Metrics, WaitingGuard, code_name},
     pb::chime::v1::{CreateUserRequest, CreateUserResponse, chime_service_server::ChimeService},
     telemetry, translate, validate,
 };
@@ -565,7 +565,7 @@ fn log_call(answered: &Answered, latency: Duration) {
             };
             tracing::info!(
                 method = "CreateUser",
-                grpc_code = ?error.code(),
+                grpc_code = code_name(error.code()),
                 upstream_status,
                 attempts,
                 reconciled = false,

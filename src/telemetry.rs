@@ -65,7 +65,11 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
     let (writer, logs) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(16_384)
         .finish(std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    // Colours only for a person at a terminal: a pipe or a file (a container's log) gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),

@@ -1,35 +1,22 @@
 //! The two binaries as an operator runs them: exit codes, the one-line config error, `--emulate`
 //! as the one-command start, and SIGTERM with a call in flight.
 
-use std::{process::Stdio, time::Duration};
+mod common;
+
+use std::time::Duration;
 
 use chime_gateway::{
     emulator::DEMO_ACCOUNT_ID,
     pb::chime::v1::{CreateUserRequest, UserType, chime_service_client::ChimeServiceClient},
 };
-use http_body_util::{BodyExt, Full};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use common::process::{
+    EMULATOR, GATEWAY, command, post_json, sigterm, start_emulated, start_emulated_with_emulator,
+    stderr_after_sigterm,
+};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
+    process::Child,
 };
-
-const GATEWAY: &str = env!("CARGO_BIN_EXE_chime-gateway");
-const EMULATOR: &str = env!("CARGO_BIN_EXE_chime-emulator");
-
-/// A command with no AWS or gateway settings inherited from the environment.
-fn command(bin: &str) -> Command {
-    let mut cmd = Command::new(bin);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("AWS_") || key.starts_with("CHIME_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
 
 /// Reads stdout until a line contains `marker`; returns the word after it.
 async fn word_after(child: &mut Child, marker: &str) -> String {
@@ -47,29 +34,6 @@ async fn word_after(child: &mut Child, marker: &str) -> String {
     .expect("the process printed its address in time");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     found
-}
-
-fn sigterm(child: &Child) {
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
-async fn post_json(url: &str, body: &str) -> u16 {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
-    let request = http::Request::post(url)
-        .header("content-type", "application/json")
-        .body(Full::new(bytes::Bytes::from(body.to_owned())))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let _ = response.into_body().collect().await;
-    status
 }
 
 #[tokio::test]
@@ -198,68 +162,6 @@ async fn the_emulator_binary_refuses_a_bad_setting_with_64() {
     assert_eq!(String::from_utf8(out.stderr).unwrap().lines().count(), 1);
 }
 
-/// A gateway process and everything it wrote to stderr, read as it comes so it never blocks.
-struct Running {
-    child: Child,
-    stderr: tokio::task::JoinHandle<String>,
-}
-
-/// Starts `chime-gateway --emulate` with extra args/env, returns the process and its API address.
-async fn start_emulated(args: &[&str], env: &[(&str, &str)]) -> (Running, String) {
-    let (running, listen, _) = start_emulated_with_emulator(args, env).await;
-    (running, listen)
-}
-
-/// As [`start_emulated`], also returning the in-process emulator's URL.
-async fn start_emulated_with_emulator(args: &[&str], env: &[(&str, &str)]) -> (Running, String, String) {
-    let mut cmd = command(GATEWAY);
-    cmd.args([
-        "--emulate",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ])
-    .args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut pipe = child.stderr.take().unwrap();
-    let stderr = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut text).await;
-        text
-    });
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut emulator, mut listen) = (String::new(), String::new());
-    while listen.is_empty() {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("the gateway printed its addresses");
-        if let Some((_, rest)) = line.split_once("emulator listening on ") {
-            emulator = rest.trim().to_owned();
-        }
-        if let Some((_, rest)) = line.split_once("serving chime.v1.ChimeService on ") {
-            listen = rest.trim().to_owned();
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (Running { child, stderr }, listen, emulator)
-}
-
-async fn stderr_after_sigterm(mut running: Running) -> String {
-    sigterm(&running.child);
-    let status = tokio::time::timeout(Duration::from_secs(10), running.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
-    running.stderr.await.unwrap()
-}
-
 #[tokio::test]
 async fn logs_at_debug_never_contain_emails_or_display_names() {
     let (child, listen, emulator_url) = start_emulated_with_emulator(&[], &[("RUST_LOG", "debug")]).await;
@@ -328,7 +230,7 @@ async fn json_logs_have_one_object_per_call_with_its_outcome() {
     assert_eq!(calls.len(), 2, "{logs}");
     let call = &calls[0];
     assert_eq!(call["method"], "CreateUser");
-    assert_eq!(call["grpc_code"], "NotFound");
+    assert_eq!(call["grpc_code"], "NOT_FOUND");
     assert_eq!(call["upstream_status"], 404);
     assert_eq!(call["attempts"], 1);
     assert_eq!(call["aws_request_id"].as_str().unwrap().len(), 36);
@@ -338,7 +240,7 @@ async fn json_logs_have_one_object_per_call_with_its_outcome() {
         (&false.into(), &false.into())
     );
     let repeat = &calls[1];
-    assert_eq!(repeat["grpc_code"], "NotFound");
+    assert_eq!(repeat["grpc_code"], "NOT_FOUND");
     assert_eq!(repeat["replayed"], true);
     assert_eq!(repeat["attempts"], 0, "the repeat called nothing");
     assert_eq!(repeat["aws_request_id"], call["aws_request_id"]);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chime_gateway::{
     chime::{self, SdkUpstream, Upstream},
     emulator::{Emulator, Fault},
+    error::GATEWAY_DOMAIN,
     pb::chime::v1::{UserType, chime_service_client::ChimeServiceClient},
     server::ServeOptions,
     service::ChimeGateway,
@@ -83,15 +84,39 @@ async fn metrics_use_the_go_grpc_prometheus_names_and_count_upstream_attempts() 
 }
 
 #[tokio::test]
-async fn a_message_over_the_size_limit_is_refused() {
+async fn a_message_over_the_size_limit_is_resource_exhausted_and_counted() {
     let emu = emulator().await;
-    let mut options = ServeOptions::with_grace(Duration::from_secs(1));
-    options.max_message_size = 2048;
-    let gw = Gateway::in_front_with(&emu, options).await;
-    let mut req = request(None, UserType::Unspecified);
-    req.username = Some("x".repeat(4096));
-    let status = gw.client().await.create_user(req).await.unwrap_err();
-    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    for (limit, field) in [(2048, "username"), (65536, "account_id")] {
+        let mut options = ServeOptions::with_grace(Duration::from_secs(1));
+        options.max_message_size = limit;
+        let gateway = ChimeGateway::new(common::upstream_for(&emu).await, common::policy(), 64);
+        let metrics = gateway.metrics();
+        let gw = Gateway::serve(gateway, options).await;
+        let mut req = request(None, UserType::Unspecified);
+        match field {
+            "username" => req.username = Some("x".repeat(4096)),
+            _ => req.account_id = "a".repeat(70_000),
+        }
+        let status = gw.client().await.create_user(req).await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("MESSAGE_TOO_LARGE", GATEWAY_DOMAIN)
+        );
+        assert_eq!(info.metadata["max_message_size"], limit.to_string());
+        assert!(
+            details.retry_info().is_none(),
+            "retrying the same message cannot help"
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains("grpc_method=\"CreateUser\",grpc_code=\"ResourceExhausted\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("OutOfRange"), "{text}");
+    }
     assert!(emu.requests().is_empty());
 }
 

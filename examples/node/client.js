@@ -2,6 +2,7 @@
 // safely, and read the rich error of a duplicate.
 //
 //   npm ci && node client.js 127.0.0.1:50051
+//   node client.js unix:/var/run/chime-gateway/grpc.sock   (a gateway on a Unix socket)
 'use strict';
 
 const path = require('node:path');

@@ -4,6 +4,7 @@ safely, and read the rich error of a duplicate.
 
     pip install -r requirements.txt
     python client.py --target 127.0.0.1:50051
+    python client.py --target unix:/var/run/chime-gateway/grpc.sock   # a gateway on a Unix socket
 
 Stubs are generated from ../../proto at start (grpcio-tools), so nothing generated is committed.
 """
@@ -57,7 +58,7 @@ def rich_error(err: grpc.RpcError) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--target", default="127.0.0.1:50051")
+    parser.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT or unix:/path/to/socket")
     parser.add_argument("--account", default=DEMO_ACCOUNT)
     args = parser.parse_args()
     pb, rpc = load_stubs()

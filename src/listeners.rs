@@ -1,0 +1,197 @@
+//! Binds everything the gateway listens on, before anything is served, so that a port in use or
+//! a socket path that cannot be taken is a configuration error (exit 64, one line naming the
+//! setting), never a half-started process.
+//!
+//! The API listens on TCP or on a Unix domain socket. A socket file left by a dead process is
+//! replaced; one that a live process still serves is never taken over; the file gets
+//! `--listen-mode` and is removed when the gateway stops.
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::{FileTypeExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::config::{Config, ListenAddr};
+
+/// Where the API is served.
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP port.
+    Tcp(TcpListener),
+    /// A Unix domain socket.
+    Unix(UnixListener),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(listener: TcpListener) -> Self {
+        Listener::Tcp(listener)
+    }
+}
+
+impl From<UnixListener> for Listener {
+    fn from(listener: UnixListener) -> Self {
+        Listener::Unix(listener)
+    }
+}
+
+/// Removes the API's socket file when dropped: on a clean shutdown, and on any error after
+/// binding.
+#[derive(Debug)]
+pub struct SocketFile(PathBuf);
+
+impl SocketFile {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Every listener of the configuration, bound.
+#[derive(Debug)]
+pub struct Bound {
+    /// The API (with health and reflection).
+    pub api: Listener,
+    /// What `api` is, for humans: `127.0.0.1:50051` or `unix:/path`.
+    pub api_addr: ListenAddr,
+    /// The API's socket file, when it is a Unix socket.
+    pub socket: Option<SocketFile>,
+    /// `/metrics`.
+    pub metrics: TcpListener,
+    /// `grpc.health.v1` alone, when `--health-listen` is set.
+    pub health: Option<TcpListener>,
+}
+
+/// Binds the API, metrics and health listeners; the error is one line naming the setting.
+/// Call inside the Tokio runtime.
+pub fn bind(config: &Config) -> Result<Bound, String> {
+    config.check_addresses()?;
+    let (api, api_addr, socket) = match &config.listen {
+        ListenAddr::Tcp(addr) => {
+            let listener = tcp("--listen", *addr)?;
+            let bound = ListenAddr::Tcp(listener.local_addr().unwrap_or(*addr));
+            (Listener::Tcp(listener), bound, None)
+        }
+        ListenAddr::Unix(path) => {
+            let (listener, file) = unix(path, config.listen_mode)?;
+            (Listener::Unix(listener), config.listen.clone(), Some(file))
+        }
+    };
+    let metrics = tcp("--metrics-listen", config.metrics_listen)?;
+    let health = config
+        .health_listen
+        .map(|addr| tcp("--health-listen", addr))
+        .transpose()?;
+    Ok(Bound {
+        api,
+        api_addr,
+        socket,
+        metrics,
+        health,
+    })
+}
+
+/// A TCP listener on `addr`, for `setting`.
+pub fn tcp(setting: &str, addr: SocketAddr) -> Result<TcpListener, String> {
+    let fail = |e: std::io::Error| format!("{setting} {addr}: cannot listen: {e}");
+    let listener = std::net::TcpListener::bind(addr).map_err(fail)?;
+    listener.set_nonblocking(true).map_err(fail)?;
+    TcpListener::from_std(listener).map_err(fail)
+}
+
+/// A Unix socket at `path` with file mode `mode`, replacing a stale socket file.
+pub fn unix(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), String> {
+    let setting = format!("--listen unix:{}", path.display());
+    let fail = |e: std::io::Error| format!("{setting}: cannot listen: {e}");
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(format!("{setting}: another process is serving on this socket"));
+            }
+            // Nobody answers: a socket file left by a process that is gone.
+            std::fs::remove_file(path).map_err(fail)?;
+        }
+        Ok(_) => return Err(format!("{setting}: the path exists and is not a socket")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(fail)?;
+    let file = SocketFile(path.to_owned());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+    listener.set_nonblocking(true).map_err(fail)?;
+    let listener = UnixListener::from_std(listener).map_err(fail)?;
+    Ok((listener, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("chime-gw-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("grpc.sock")
+    }
+
+    #[tokio::test]
+    async fn a_socket_gets_its_mode_and_is_removed_when_dropped() {
+        let path = temp_path("mode");
+        let (listener, file) = unix(&path, 0o660).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        drop(listener);
+        drop(file);
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_file_is_replaced() {
+        let path = temp_path("stale");
+        // A socket file whose listener is gone, as a killed process leaves it.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let (_listener, _file) = unix(&path, 0o600).unwrap();
+        tokio::net::UnixStream::connect(&path)
+            .await
+            .expect("the new socket serves");
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_is_never_taken_over() {
+        let path = temp_path("live");
+        let (_listener, _file) = unix(&path, 0o660).unwrap();
+        let line = unix(&path, 0o660).unwrap_err();
+        assert!(line.contains("another process is serving"), "{line}");
+        assert!(line.starts_with("--listen unix:"), "{line}");
+        assert!(path.exists(), "the live socket's file stays");
+    }
+
+    #[tokio::test]
+    async fn a_path_that_is_not_a_socket_is_left_alone() {
+        let path = temp_path("file");
+        std::fs::write(&path, b"data").unwrap();
+        let line = unix(&path, 0o660).unwrap_err();
+        assert!(line.contains("not a socket"), "{line}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"data");
+    }
+
+    #[tokio::test]
+    async fn a_port_in_use_names_its_setting() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let line = tcp("--health-listen", addr).unwrap_err();
+        assert!(
+            line.starts_with(&format!("--health-listen {addr}: cannot listen")),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+    }
+}
