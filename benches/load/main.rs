@@ -12,7 +12,10 @@
 //!    `--upstream-max-connections` and then with others (the memory/throughput trade-off);
 //! 7. `gateway-request-id`: 2 with a new request id on every call (the ledger's cost per call);
 //! 8. `ledger-*`: RSS after as many calls as fill the request-id memory at its default capacity,
-//!    with request ids and without (the memory a full ledger adds).
+//!    with request ids and without (the memory a full ledger adds);
+//! 9. `*-workers-N`, `*-threads-N`: at the low rate, the gateway with `--worker-threads N` and the
+//!    SDK alone on N threads, for 1, 2 and one per core;
+//! 10. `*-unix`: the bare round trip and the gateway at the low rate over a Unix socket.
 //!
 //! Settings: `BENCH_SECONDS` (per scenario, default 5), `BENCH_CONCURRENCY` (default 32).
 
@@ -65,9 +68,7 @@ enum Ids {
 }
 
 async fn grpc_client(addr: &str) -> ChimeServiceClient<Channel> {
-    ChimeServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
+    ChimeServiceClient::new(procs::channel(addr).await.unwrap())
 }
 
 fn grpc_call(
@@ -192,7 +193,78 @@ async fn suite() {
     for ids in [Ids::Without, Ids::With] {
         ledger(&emulator.addr, concurrency, ids, &mut report).await;
     }
+    workers(&emulator.addr, seconds, &mut report).await;
+    unix_socket(&emulator.addr, seconds, &mut report).await;
     report.write();
+}
+
+/// The worker counts to compare: 1, 2, and one per core of this machine.
+fn worker_counts() -> Vec<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut counts = vec![1, 2, cores];
+    counts.sort_unstable();
+    counts.dedup();
+    counts
+}
+
+/// Per worker count, at the low rate: the gateway with `--worker-threads N`, and the SDK alone on
+/// a runtime of N threads in this process (a single-threaded one for 1).
+async fn workers(emulator: &str, seconds: Duration, report: &mut Report) {
+    let label = format!("open loop, {LOW_RATE}/s (machine mostly idle)");
+    for n in worker_counts() {
+        let (gateway, _) = procs::gateway(emulator, &["--worker-threads", &n.to_string()]).await;
+        let call = grpc_call(grpc_client(&gateway.addr).await, Ids::Without);
+        closed_loop(4, Duration::from_millis(300), call.clone()).await;
+        let (run, cpu) = with_cpu(Some(gateway.pid()), open_loop(LOW_RATE as f64, seconds, call)).await;
+        let rss = procs::status_kib(gateway.pid(), "VmRSS");
+        report.push(
+            Scenario::new(&format!("gateway-low-workers-{n}"), &label, run)
+                .cpu(cpu)
+                .rss(rss),
+        );
+        drop(gateway);
+        let emulator = emulator.to_owned();
+        let (run, cpu) = tokio::task::spawn_blocking(move || sdk_alone_on(n, &emulator, seconds))
+            .await
+            .unwrap();
+        report.push(Scenario::new(&format!("sdk-alone-low-threads-{n}"), &label, run).cpu(cpu));
+    }
+}
+
+/// The SDK alone at the low rate on a runtime of `threads` threads of its own.
+fn sdk_alone_on(threads: usize, emulator: &str, seconds: Duration) -> (Run, f64) {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let runtime = builder.enable_all().build().unwrap();
+    runtime.block_on(async {
+        let sdk = chime::load_static_sdk_config(emulator, procs::KEY_ID, procs::SECRET).await;
+        let builder = aws_sdk_chime::config::Builder::from(&sdk)
+            .http_client(chime::http_client(Duration::from_secs(90), Some(256)));
+        let call = sdk_call(std::sync::Arc::new(SdkUpstream::from_builder(builder)));
+        closed_loop(4, Duration::from_millis(300), call.clone()).await;
+        with_cpu(None, open_loop(LOW_RATE as f64, seconds, call)).await
+    })
+}
+
+/// TCP against a Unix socket at the low rate: the bare gRPC round trip, and the gateway.
+async fn unix_socket(emulator: &str, seconds: Duration, report: &mut Report) {
+    let label = format!("open loop, {LOW_RATE}/s, over a Unix socket");
+    let bare = procs::bare_server_at(&procs::socket_path("bare")).await;
+    let call = grpc_call(grpc_client(&bare.addr).await, Ids::Without);
+    closed_loop(4, Duration::from_millis(300), call.clone()).await;
+    let (run, cpu) = with_cpu(Some(bare.pid()), open_loop(LOW_RATE as f64, seconds, call)).await;
+    report.push(Scenario::new("bare-tonic-low-unix", &label, run).cpu(cpu));
+    drop(bare);
+    let (gateway, _) = procs::gateway_at(emulator, &procs::socket_path("gateway"), &[]).await;
+    let call = grpc_call(grpc_client(&gateway.addr).await, Ids::Without);
+    closed_loop(4, Duration::from_millis(300), call.clone()).await;
+    let (run, cpu) = with_cpu(Some(gateway.pid()), open_loop(LOW_RATE as f64, seconds, call)).await;
+    report.push(Scenario::new("gateway-low-unix", &label, run).cpu(cpu));
 }
 
 /// Calls one fresh gateway as many times as fill the request-id memory at its default capacity
@@ -288,14 +360,19 @@ async fn serve_bare(addr: &str) {
         ..Default::default()
     };
     let (_reporter, health) = tonic_health::server::health_reporter();
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(ChimeServiceServer::new(Bare(CreateUserResponse {
             user: Some(user),
-        })))
-        .serve(addr.parse().unwrap())
-        .await
-        .unwrap();
+        })));
+    match addr.strip_prefix("unix:") {
+        Some(path) => {
+            let listener = tokio::net::UnixListener::bind(path).unwrap();
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            router.serve_with_incoming(incoming).await.unwrap();
+        }
+        None => router.serve(addr.parse().unwrap()).await.unwrap(),
+    }
 }
 
 fn main() {

@@ -66,16 +66,15 @@ pub fn free_port() -> SocketAddr {
 
 /// The gateway in front of `emulator_url`, and the time from spawn to health SERVING.
 pub async fn gateway(emulator_url: &str, extra: &[&str]) -> (Proc, Duration) {
-    let listen = free_port();
+    gateway_at(emulator_url, &free_port().to_string(), extra).await
+}
+
+/// The gateway listening on `listen` (`HOST:PORT` or `unix:/path`).
+pub async fn gateway_at(emulator_url: &str, listen: &str, extra: &[&str]) -> (Proc, Duration) {
     let metrics = free_port();
     let started = Instant::now();
     let child = clean(GATEWAY)
-        .args([
-            "--listen",
-            &listen.to_string(),
-            "--metrics-listen",
-            &metrics.to_string(),
-        ])
+        .args(["--listen", listen, "--metrics-listen", &metrics.to_string()])
         .args(extra)
         .env("AWS_ENDPOINT_URL_CHIME", emulator_url)
         .env("AWS_ACCESS_KEY_ID", KEY_ID)
@@ -89,7 +88,7 @@ pub async fn gateway(emulator_url: &str, extra: &[&str]) -> (Proc, Duration) {
     (
         Proc {
             child,
-            addr: listen.to_string(),
+            addr: listen.to_owned(),
         },
         ready.duration_since(started),
     )
@@ -97,25 +96,56 @@ pub async fn gateway(emulator_url: &str, extra: &[&str]) -> (Proc, Duration) {
 
 /// This bench binary again, serving a fixed CreateUserResponse (the gRPC-only floor).
 pub async fn bare_server() -> Proc {
-    let listen = free_port();
+    bare_server_at(&free_port().to_string()).await
+}
+
+/// The bare server listening on `listen` (`HOST:PORT` or `unix:/path`).
+pub async fn bare_server_at(listen: &str) -> Proc {
     let exe = std::env::current_exe().unwrap();
     let child = clean(exe.to_str().unwrap())
-        .args(["--serve-bare", &listen.to_string()])
+        .args(["--serve-bare", listen])
         .spawn()
         .unwrap();
     wait_serving(listen).await;
     Proc {
         child,
-        addr: listen.to_string(),
+        addr: listen.to_owned(),
     }
 }
 
-async fn wait_serving(addr: SocketAddr) -> Instant {
+/// A path for a Unix socket that nothing uses yet.
+pub fn socket_path(name: &str) -> String {
+    let path = std::env::temp_dir().join(format!("chime-bench-{}-{name}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    format!("unix:{}", path.display())
+}
+
+/// A channel to `addr`: `HOST:PORT`, or `unix:/path` (dialled with the `localhost` authority, as
+/// grpc-go does).
+pub async fn channel(addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let Some(path) = addr.strip_prefix("unix:") else {
+        return tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await;
+    };
+    let path = path.to_owned();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+}
+
+async fn wait_serving(addr: &str) -> Instant {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         assert!(Instant::now() < deadline, "{addr} never became SERVING");
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
-        if let Ok(channel) = endpoint.connect().await {
+        if let Ok(channel) = channel(addr).await {
             let mut health = HealthClient::new(channel);
             if let Ok(r) = health
                 .check(HealthCheckRequest {

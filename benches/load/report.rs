@@ -198,15 +198,67 @@ impl Report {
                 only_shed,
             ),
         ];
+        let mut rows: Vec<_> = rows
+            .into_iter()
+            .map(|(what, target, measured, met)| (what.to_owned(), target, measured, met))
+            .collect();
+        rows.extend(self.sidecar_rows());
         self.targets = rows
             .into_iter()
             .map(|(what, target, measured, met)| Target {
-                what: what.into(),
+                what,
                 target: target.into(),
                 measured,
                 met,
             })
             .collect();
+    }
+
+    fn find(&self, name: &str) -> Option<&Scenario> {
+        self.scenarios.iter().find(|s| s.name == name)
+    }
+
+    /// The rows of the worker-count and Unix-socket scenarios, for those that ran.
+    fn sidecar_rows(&self) -> Vec<(String, &'static str, String, bool)> {
+        let mut rows = Vec::new();
+        let cpu = |s: &Scenario| s.cpu_us_per_call.unwrap_or(0.0);
+        for n in 1..=1024 {
+            let (Some(gw), Some(sdk)) = (
+                self.find(&format!("gateway-low-workers-{n}")),
+                self.find(&format!("sdk-alone-low-threads-{n}")),
+            ) else {
+                continue;
+            };
+            let ratio = cpu(gw) / cpu(sdk).max(f64::EPSILON);
+            rows.push((
+                format!("{n} worker(s) at 200/s: gateway CPU per call / SDK alone on {n} thread(s)"),
+                "<= 1.5x",
+                format!("{ratio:.2}x ({:.0} / {:.0} us)", cpu(gw), cpu(sdk)),
+                ratio <= 1.5,
+            ));
+        }
+        if let (Some(tcp), Some(unix)) = (self.find("bare-tonic-low"), self.find("bare-tonic-low-unix")) {
+            rows.push((
+                "(reference) a bare gRPC round trip at 200/s, p50: TCP / Unix socket".to_owned(),
+                "-",
+                format!("{} us / {} us", tcp.run.p50_us, unix.run.p50_us),
+                true,
+            ));
+        }
+        if let (Some(sdk), Some(tcp), Some(unix)) = (
+            self.find("sdk-alone-low"),
+            self.find("gateway-low"),
+            self.find("gateway-low-unix"),
+        ) {
+            let added = |s: &Scenario| s.run.p50_us as i64 - sdk.run.p50_us as i64;
+            rows.push((
+                "(reference) latency added at 200/s, p50: TCP / Unix socket".to_owned(),
+                "-",
+                format!("{} us / {} us", added(tcp), added(unix)),
+                true,
+            ));
+        }
+        rows
     }
 
     pub fn write(mut self) {
