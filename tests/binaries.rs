@@ -43,6 +43,13 @@ async fn invalid_configuration_exits_64_with_one_line() {
         (&["--listen", "not-an-address"], None),
         (&[], Some(("CHIME_GATEWAY_LOG_FORMAT", "xml"))),
         (&[], Some(("CHIME_GATEWAY_DEFAULT_DEADLINE", "0s"))),
+        (&["--worker-threads", "0"], None),
+        (&[], Some(("CHIME_GATEWAY_WORKER_THREADS", "two"))),
+        (&["--listen", "unix:"], None),
+        (&["--listen-mode", "999"], None),
+        (&["--health-listen", "nowhere"], None),
+        (&[], Some(("CHIME_GATEWAY_IDEMPOTENCY_CAPACITY", "0"))),
+        (&[], Some(("CHIME_GATEWAY_RECONCILE", "maybe"))),
     ] {
         let mut cmd = command(GATEWAY);
         cmd.args(args);

@@ -1,5 +1,5 @@
-//! `chime-emulator`: the Chime-compatible CreateUser endpoint as its own process, for other teams'
-//! tests. Point any AWS SDK at it with `AWS_ENDPOINT_URL_CHIME=http://<listen>`.
+//! `chime-emulator`: the Chime-compatible CreateUser and ListUsers endpoint as its own process, for
+//! other teams' tests. Point any AWS SDK at it with `AWS_ENDPOINT_URL_CHIME=http://<listen>`.
 
 use std::{net::SocketAddr, process::ExitCode};
 
@@ -10,8 +10,8 @@ use chime_gateway::{
 use clap::Parser;
 use tokio::net::TcpListener;
 
-/// A faithful Amazon Chime CreateUser emulator: SigV4 verified, AWS-shaped errors, scriptable
-/// faults under /_emulator/.
+/// A faithful Amazon Chime CreateUser and ListUsers emulator: SigV4 verified, AWS-shaped errors,
+/// scriptable faults (before and after serving) and chaos under /_emulator/.
 #[derive(Debug, Parser)]
 #[command(name = "chime-emulator", version)]
 struct Args {
