@@ -302,7 +302,7 @@ impl<U: Upstream> ChimeGateway<U> {
                 // A 2xx whose body could not be read created the user, unseen.
                 in_doubt |= unknown || matches!(error, UpstreamError::Unparseable { .. });
                 let conflict = error.http_status() == Some(409);
-                if let Some(email) = email.as_deref()
+                let (error, wait, reconciliation) = if let Some(email) = email.as_deref()
                     && (unknown || (conflict && (in_doubt || doubt.before)))
                 {
                     unsettled = Some(error);
@@ -312,21 +312,15 @@ impl<U: Upstream> ChimeGateway<U> {
                         Lookup::Found(found) => return Ok(Success::reconciled(*found)),
                         Lookup::Missing(missing) => missing,
                     };
-                    if missing == Reconciliation::NotFound
-                        && !conflict
-                        && let Some(wait) = self.another_attempt(n, None, deadline)
-                    {
-                        drop(connection);
-                        sleep(wait).await;
-                        continue;
-                    }
-                    return Err(CallError::Upstream {
-                        error,
-                        attempts: n,
-                        reconciliation: Some(missing),
-                    });
-                }
-                if let Some(wait) = self.retry_wait(&error, n, deadline) {
+                    // Not found: the create did not happen, so another attempt is safe.
+                    let again = missing == Reconciliation::NotFound && !conflict;
+                    let wait = again.then(|| self.another_attempt(n, None, deadline)).flatten();
+                    (error, wait, Some(missing))
+                } else {
+                    let wait = self.retry_wait(&error, n, deadline);
+                    (error, wait, None)
+                };
+                if let Some(wait) = wait {
                     drop(connection);
                     sleep(wait).await;
                     continue;
@@ -334,7 +328,7 @@ impl<U: Upstream> ChimeGateway<U> {
                 return Err(CallError::Upstream {
                     error,
                     attempts: n,
-                    reconciliation: None,
+                    reconciliation,
                 });
             }
         };

@@ -104,27 +104,8 @@ where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = String> + Send,
 {
-    let started = Instant::now();
-    let end = started + duration;
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let call = call.clone();
-            tokio::spawn(async move {
-                let mut tally = Tally::default();
-                while Instant::now() < end {
-                    let t = Instant::now();
-                    let code = call(next_id()).await;
-                    tally.record(&code, t.elapsed());
-                }
-                tally
-            })
-        })
-        .collect();
-    let mut tally = Tally::default();
-    for w in workers {
-        tally.merge(w.await.unwrap());
-    }
-    tally.finish(started.elapsed())
+    let end = Instant::now() + duration;
+    workers(concurrency, call, move || Instant::now() < end).await
 }
 
 /// `concurrency` workers calling back to back until `calls` calls have been made.
@@ -133,17 +114,28 @@ where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = String> + Send,
 {
-    let started = Instant::now();
     let left = Arc::new(AtomicU64::new(calls));
+    let take_one = move || {
+        left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    };
+    workers(concurrency, call, take_one).await
+}
+
+/// `concurrency` workers, each calling back to back while `go_on` says so.
+async fn workers<F, Fut, G>(concurrency: usize, call: F, go_on: G) -> Run
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = String> + Send,
+    G: Fn() -> bool + Clone + Send + 'static,
+{
+    let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (call, left) = (call.clone(), left.clone());
+            let (call, go_on) = (call.clone(), go_on.clone());
             tokio::spawn(async move {
                 let mut tally = Tally::default();
-                while left
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .is_ok()
-                {
+                while go_on() {
                     let t = Instant::now();
                     let code = call(next_id()).await;
                     tally.record(&code, t.elapsed());
