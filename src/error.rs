@@ -226,6 +226,24 @@ impl CallError {
         }
     }
 
+    /// `ErrorInfo.reason` when the gateway originated the error (domain [`GATEWAY_DOMAIN`]), for
+    /// the metric of such errors; `None` for an error the upstream answered.
+    pub fn gateway_reason(&self) -> Option<&'static str> {
+        Some(match self {
+            CallError::Invalid(_) => "INVALID_REQUEST",
+            CallError::RequestIdReused => "REQUEST_ID_REUSED",
+            CallError::DeadlineExceeded { .. } => "DEADLINE_EXCEEDED",
+            CallError::UpstreamBusy { .. } => "UPSTREAM_BUSY",
+            CallError::Overloaded => "OVERLOADED",
+            CallError::ShuttingDown => "SHUTTING_DOWN",
+            CallError::Upstream {
+                error: UpstreamError::Response(_),
+                ..
+            } => return None,
+            CallError::Upstream { error, .. } => gateway_reason(error),
+        })
+    }
+
     /// The status returned to the caller, with its `google.rpc` details and metadata.
     pub fn to_status(&self) -> Status {
         let mut details = ErrorDetails::new();
@@ -331,6 +349,22 @@ fn upstream_status(error: &UpstreamError, attempts: u32, reconciliation: Option<
     }
     status
 }
+
+/// Every reason [`CallError::gateway_reason`] can give, so the metric exports each from the start.
+pub const GATEWAY_REASONS: [&str; 12] = [
+    "INVALID_REQUEST",
+    "REQUEST_ID_REUSED",
+    "DEADLINE_EXCEEDED",
+    "UPSTREAM_BUSY",
+    "OVERLOADED",
+    "SHUTTING_DOWN",
+    "UPSTREAM_BAD_RESPONSE",
+    "UPSTREAM_UNREACHABLE",
+    "UPSTREAM_CONNECTION_LOST",
+    "UPSTREAM_TIMEOUT",
+    "NO_CREDENTIALS",
+    "REQUEST_NOT_BUILT",
+];
 
 fn gateway_reason(error: &UpstreamError) -> &'static str {
     match error {

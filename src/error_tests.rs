@@ -424,3 +424,67 @@ fn the_reason_prefers_the_body_code_then_the_type_then_the_status() {
     );
     assert_eq!(upstream_reason(&r(None, None, 429)), "THROTTLED");
 }
+
+#[test]
+fn the_gateway_reason_of_every_error_is_its_error_info_reason() {
+    let io = || -> BoxError { "x".into() };
+    let errors = vec![
+        CallError::Invalid(vec![]),
+        CallError::RequestIdReused,
+        CallError::DeadlineExceeded { attempts: 1 },
+        CallError::UpstreamBusy { attempts: 0 },
+        CallError::Overloaded,
+        CallError::ShuttingDown,
+        CallError::Upstream {
+            error: UpstreamError::Response(ErrorResponse {
+                status: 409,
+                ..Default::default()
+            }),
+            attempts: 1,
+            reconciliation: None,
+        },
+    ]
+    .into_iter()
+    .chain(
+        [
+            UpstreamError::Unparseable {
+                status: 201,
+                request_id: None,
+                source: io(),
+            },
+            UpstreamError::NotSent(io()),
+            UpstreamError::ConnectionLost(io()),
+            UpstreamError::AttemptTimeout,
+            UpstreamError::NoCredentials(io()),
+            UpstreamError::Construction(io()),
+        ]
+        .into_iter()
+        .map(|error| CallError::Upstream {
+            error,
+            attempts: 1,
+            reconciliation: None,
+        }),
+    );
+    let mut seen = Vec::new();
+    for error in errors {
+        let status = error.to_status();
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        match error.gateway_reason() {
+            Some(reason) => {
+                assert_eq!(
+                    (reason, info.domain.as_str()),
+                    (info.reason.as_str(), GATEWAY_DOMAIN)
+                );
+                seen.push(reason);
+            }
+            None => assert_eq!(info.domain, UPSTREAM_DOMAIN, "{error:?}"),
+        }
+    }
+    seen.sort_unstable();
+    let mut all = GATEWAY_REASONS.to_vec();
+    all.sort_unstable();
+    assert_eq!(
+        seen, all,
+        "GATEWAY_REASONS lists exactly the reasons the gateway gives"
+    );
+}

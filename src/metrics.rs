@@ -46,6 +46,11 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReconciliationLabels {
     outcome: &'static str,
 }
@@ -68,6 +73,7 @@ pub struct Metrics {
     upstream_waiting: Gauge,
     reconciliations: Family<ReconciliationLabels, Counter>,
     replays: Counter,
+    gateway_errors: Family<ReasonLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -88,6 +94,10 @@ impl Default for Metrics {
         let upstream_waiting = Gauge::default();
         let reconciliations = Family::<ReconciliationLabels, Counter>::default();
         let replays = Counter::default();
+        let gateway_errors = Family::<ReasonLabels, Counter>::default();
+        for reason in crate::error::GATEWAY_REASONS {
+            let _ = gateway_errors.get_or_create(&ReasonLabels { reason });
+        }
         for outcome in RECONCILIATION_OUTCOMES {
             // Exported from the start at 0, so rates and alerts see every series.
             let _ = reconciliations.get_or_create(&ReconciliationLabels { outcome });
@@ -147,6 +157,11 @@ impl Default for Metrics {
             "Calls answered with the kept or in-flight answer of an earlier call with the same request_id.",
             replays.clone(),
         );
+        registry.register(
+            "chime_gateway_errors",
+            "Calls answered with an error the gateway originated (domain chime-gateway), by ErrorInfo reason.",
+            gateway_errors.clone(),
+        );
         Self {
             registry,
             started,
@@ -160,6 +175,7 @@ impl Default for Metrics {
             upstream_waiting,
             reconciliations,
             replays,
+            gateway_errors,
         }
     }
 }
@@ -194,6 +210,11 @@ impl Metrics {
         self.reconciliations
             .get_or_create(&ReconciliationLabels { outcome })
             .inc();
+    }
+
+    /// Counts a call answered with an error the gateway originated, by its ErrorInfo reason.
+    pub fn gateway_error(&self, reason: &'static str) {
+        self.gateway_errors.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// Counts a call answered with an earlier call's answer.
@@ -545,7 +566,7 @@ mod tests {
     }
 
     #[test]
-    fn reconciliations_and_replays_are_exported_from_the_start_and_counted() {
+    fn gateway_errors_reconciliations_and_replays_are_exported_from_the_start_and_counted() {
         let m = Metrics::default();
         let text = m.encode();
         for outcome in RECONCILIATION_OUTCOMES {
@@ -553,6 +574,15 @@ mod tests {
             assert!(text.contains(&line), "{text}");
         }
         assert!(text.contains("chime_gateway_replays_total 0"), "{text}");
+        for reason in crate::error::GATEWAY_REASONS {
+            let line = format!("chime_gateway_errors_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "{text}");
+        }
+        m.gateway_error("OVERLOADED");
+        assert!(
+            m.encode()
+                .contains("chime_gateway_errors_total{reason=\"OVERLOADED\"} 1")
+        );
         m.reconciled("found");
         m.reconciled("found");
         m.reconciled("failed");

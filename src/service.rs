@@ -453,6 +453,9 @@ impl<U: Upstream> ChimeGateway<U> {
         let success = match answered.result {
             Ok(success) => success,
             Err(error) => {
+                if let Some(reason) = error.gateway_reason() {
+                    self.metrics.gateway_error(reason);
+                }
                 let mut status = error.to_status();
                 if answered.replayed {
                     status.metadata_mut().insert(REPLAYED_KEY, flag);
