@@ -426,6 +426,30 @@ fn the_reason_prefers_the_body_code_then_the_type_then_the_status() {
 }
 
 #[test]
+fn with_neither_code_nor_type_the_reason_comes_from_the_status() {
+    for (status, reason) in [
+        (400, "BAD_REQUEST"),
+        (401, "UNAUTHORIZED"),
+        (403, "FORBIDDEN"),
+        (404, "NOT_FOUND"),
+        (409, "CONFLICT"),
+        (412, "PRECONDITION_FAILED"),
+        (422, "UNPROCESSABLE"),
+        (429, "THROTTLED"),
+        (500, "SERVICE_FAILURE"),
+        (503, "SERVICE_UNAVAILABLE"),
+        (502, "HTTP_502"),
+        (418, "HTTP_418"),
+    ] {
+        let bare = ErrorResponse {
+            status,
+            ..Default::default()
+        };
+        assert_eq!(upstream_reason(&bare), reason, "{status}");
+    }
+}
+
+#[test]
 fn the_gateway_reason_of_every_error_is_its_error_info_reason() {
     let io = || -> BoxError { "x".into() };
     let errors = vec![

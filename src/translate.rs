@@ -155,6 +155,47 @@ mod tests {
     }
 
     #[test]
+    fn every_known_enum_value_maps_to_its_proto_value() {
+        for (sdk, proto) in [
+            (sdk::License::Basic, pb::LicenseType::Basic),
+            (sdk::License::Plus, pb::LicenseType::Plus),
+            (sdk::License::Pro, pb::LicenseType::Pro),
+            (sdk::License::ProTrial, pb::LicenseType::ProTrial),
+        ] {
+            assert_eq!(license_type(&sdk), proto);
+        }
+        for (sdk, proto) in [
+            (sdk::UserType::PrivateUser, pb::UserType::PrivateUser),
+            (sdk::UserType::SharedDevice, pb::UserType::SharedDevice),
+        ] {
+            assert_eq!(user_type(&sdk), proto);
+        }
+        for (sdk, proto) in [
+            (
+                sdk::RegistrationStatus::Unregistered,
+                pb::UserRegistrationStatus::Unregistered,
+            ),
+            (
+                sdk::RegistrationStatus::Registered,
+                pb::UserRegistrationStatus::Registered,
+            ),
+            (
+                sdk::RegistrationStatus::Suspended,
+                pb::UserRegistrationStatus::Suspended,
+            ),
+        ] {
+            assert_eq!(registration_status(&sdk), proto);
+        }
+        for (sdk, proto) in [
+            (sdk::InviteStatus::Pending, pb::UserInvitationStatus::Pending),
+            (sdk::InviteStatus::Accepted, pb::UserInvitationStatus::Accepted),
+            (sdk::InviteStatus::Failed, pb::UserInvitationStatus::Failed),
+        ] {
+            assert_eq!(invitation_status(&sdk), proto);
+        }
+    }
+
+    #[test]
     fn a_missing_user_stays_missing() {
         assert_eq!(from_output(CreateUserOutput::builder().build()).user, None);
     }
