@@ -288,6 +288,13 @@ impl<U: Upstream> ChimeGateway<U> {
                 let connection = self.connections.acquire().await.expect("never closed");
                 drop(queued);
                 waiting = false;
+                if Instant::now() >= deadline {
+                    // No time left to hear the answer: sending now could only create a user the
+                    // caller never learns of.
+                    return Err(CallError::DeadlineExceeded {
+                        attempts: attempts.load(Ordering::Relaxed),
+                    });
+                }
                 let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
                 doubt.sent();
                 sending = true;

@@ -551,3 +551,18 @@ fn backoff_grows_within_its_ceiling_and_honours_retry_after() {
     }
     assert_eq!(b.delay(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn a_call_whose_deadline_leaves_no_time_sends_nothing() {
+    let (gw, up) = gateway(vec![], 3);
+    for id in ["", ID] {
+        let mut request = with_email(id);
+        // 2 ms, less than the margin the gateway keeps to answer in time.
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", "2m".parse().unwrap());
+        let s = gw.create_user(request).await.unwrap_err();
+        assert_eq!(s.code(), Code::DeadlineExceeded, "{id:?}");
+    }
+    assert_eq!(counts(&up), (0, 0));
+}

@@ -103,7 +103,7 @@ enum Case {
     Duplicate,
     /// The caller gives up after 50 ms.
     Cancel,
-    /// A deadline of 2 ms.
+    /// A deadline of 2 ms: less than the margin the gateway keeps, so nothing may be sent.
     TinyDeadline,
 }
 
