@@ -380,18 +380,30 @@ fn gateway_reason(error: &UpstreamError) -> &'static str {
 
 /// `ErrorInfo.reason` of an upstream error: the Chime error code in UPPER_SNAKE_CASE.
 ///
-/// The code comes from the body's `Code`, else from the error type, else from the HTTP status.
+/// The code comes from the body's `Code`, else from the error type, else from the HTTP status;
+/// one that does not give a reason of the form `google.rpc.ErrorInfo` requires
+/// (`[A-Z][A-Z0-9_]+[A-Z0-9]`, at most 63 characters) is passed over for the next.
 pub fn upstream_reason(r: &ErrorResponse) -> String {
     let from_type = r.error_type.as_deref().map(code_of_type);
-    let code = r
-        .code
-        .as_deref()
-        .or(from_type)
-        .or_else(|| code_of_status(r.status));
-    match code {
-        Some(code) => upper_snake(code),
-        None => format!("HTTP_{}", r.status),
-    }
+    [r.code.as_deref(), from_type, code_of_status(r.status)]
+        .into_iter()
+        .flatten()
+        .map(upper_snake)
+        .find(|reason| is_reason(reason))
+        .unwrap_or_else(|| format!("HTTP_{}", r.status))
+}
+
+/// Whether `reason` has the form `google.rpc.ErrorInfo.reason` requires.
+pub fn is_reason(reason: &str) -> bool {
+    let bytes = reason.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_uppercase()
+        && bytes
+            .last()
+            .is_some_and(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
 }
 
 fn code_of_type(error_type: &str) -> &str {

@@ -512,3 +512,30 @@ fn the_gateway_reason_of_every_error_is_its_error_info_reason() {
         "GATEWAY_REASONS lists exactly the reasons the gateway gives"
     );
 }
+
+// Found by the upstream_error fuzzer: an upstream code or type that does not make a reason of
+// ErrorInfo's form (`[A-Z][A-Z0-9_]+[A-Z0-9]`) gave that text as the reason.
+#[test]
+fn a_code_or_type_that_is_no_reason_is_passed_over() {
+    let response = |status, code: Option<&str>, error_type: Option<&str>| ErrorResponse {
+        status,
+        error_type: error_type.map(str::to_owned),
+        code: code.map(str::to_owned),
+        message: None,
+        request_id: None,
+        retry_after: None,
+    };
+    assert_eq!(upstream_reason(&response(409, Some("A"), None)), "CONFLICT");
+    assert_eq!(
+        upstream_reason(&response(409, Some("no such thing"), Some("ConflictException"))),
+        "CONFLICT"
+    );
+    assert_eq!(upstream_reason(&response(100, None, Some("!"))), "HTTP_100");
+    assert_eq!(upstream_reason(&response(418, Some("Ünïcode"), None)), "HTTP_418");
+    assert_eq!(
+        upstream_reason(&response(400, Some(&"Long".repeat(20)), None)),
+        "BAD_REQUEST"
+    );
+    assert!(is_reason("THROTTLED") && is_reason("HTTP_503") && is_reason("A_1"));
+    assert!(!is_reason("AB") && !is_reason("A_") && !is_reason("_AB") && !is_reason("aBC"));
+}

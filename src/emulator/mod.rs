@@ -16,11 +16,11 @@
 mod admin;
 mod create_user;
 mod faults;
-mod list_users;
-mod routes;
+pub(crate) mod list_users;
+pub(crate) mod routes;
 mod serve;
 pub mod sigv4;
-mod state;
+pub(crate) mod state;
 pub mod wire;
 
 use std::{
@@ -78,7 +78,7 @@ impl Default for EmulatorConfig {
 #[derive(Debug)]
 pub(crate) struct Shared {
     config: EmulatorConfig,
-    state: Mutex<state::State>,
+    pub(crate) state: Mutex<state::State>,
     faults: Mutex<VecDeque<(Operation, Fault, u32)>>,
     chaos: Mutex<Option<faults::Chaos>>,
     recorded: Mutex<VecDeque<RecordedRequest>>,
@@ -103,14 +103,7 @@ impl Emulator {
     /// Serves on an already-bound listener, in a background task.
     pub fn serve(listener: TcpListener, config: EmulatorConfig) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            state: Mutex::new(state::State::new(&config.accounts)),
-            config,
-            faults: Mutex::new(VecDeque::new()),
-            chaos: Mutex::new(None),
-            recorded: Mutex::new(VecDeque::new()),
-            connections: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(config));
         let accept = tokio::spawn(serve::accept_loop(listener, shared.clone()));
         Ok(Self { addr, shared, accept })
     }
@@ -180,6 +173,18 @@ impl Drop for Emulator {
 }
 
 impl Shared {
+    /// Fresh state for `config`: its accounts, no users, no faults, nothing recorded.
+    pub(crate) fn new(config: EmulatorConfig) -> Self {
+        Self {
+            state: Mutex::new(state::State::new(&config.accounts)),
+            config,
+            faults: Mutex::new(VecDeque::new()),
+            chaos: Mutex::new(None),
+            recorded: Mutex::new(VecDeque::new()),
+            connections: AtomicU64::new(0),
+        }
+    }
+
     fn inject(&self, operation: Operation, fault: Fault, times: u32) {
         if times > 0 {
             self.faults.lock().unwrap().push_back((operation, fault, times));

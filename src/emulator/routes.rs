@@ -65,7 +65,7 @@ async fn respond(shared: &Arc<Shared>, reset: &Notify, parts: &Parts, body: Byte
         }) => return scripted_error(*status, error_type.as_deref(), *type_in, *retry_after),
         _ => {}
     }
-    let response = serve(shared, parts, &body, route);
+    let response = serve(shared, parts, &body, route, SystemTime::now());
     match fault {
         Some(Fault::CommitThenReset) => reset_connection(reset).await,
         Some(Fault::CommitThenDelay { millis }) => {
@@ -98,9 +98,15 @@ fn malformed_body() -> Response<Body> {
     r
 }
 
-/// Serves a request as AWS does: SigV4 first, then the route, the account's throttle, and the
-/// operation itself.
-fn serve(shared: &Shared, parts: &Parts, body: &[u8], route: Option<(Operation, String)>) -> Response<Body> {
+/// Serves a request as AWS does: SigV4 (checked against the clock reading `now`) first, then the
+/// route, the account's throttle, and the operation itself.
+pub(crate) fn serve(
+    shared: &Shared,
+    parts: &Parts,
+    body: &[u8],
+    route: Option<(Operation, String)>,
+    now: SystemTime,
+) -> Response<Body> {
     let config = &shared.config;
     let verifier = Verifier {
         access_key_id: &config.access_key_id,
@@ -108,7 +114,7 @@ fn serve(shared: &Shared, parts: &Parts, body: &[u8], route: Option<(Operation, 
         region: REGION,
         service: SERVICE,
     };
-    if let Err(e) = verifier.verify(parts, body, SystemTime::now()) {
+    if let Err(e) = verifier.verify(parts, body, now) {
         return wire::front_door_error(StatusCode::FORBIDDEN, e.error_type(), &e.message());
     }
     let Some((operation, account_id)) = route else {
@@ -195,7 +201,7 @@ fn scripted_error(
 /// The operation and decoded account id of a Chime path:
 /// `POST /accounts/{accountId}/users?operation=create` (CreateUser) or
 /// `GET /accounts/{accountId}/users` (ListUsers).
-fn route(parts: &Parts) -> Option<(Operation, String)> {
+pub(crate) fn route(parts: &Parts) -> Option<(Operation, String)> {
     let rest = parts.uri.path().strip_prefix("/accounts/")?;
     let account = rest.strip_suffix("/users")?;
     if account.contains('/') {

@@ -8,7 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::request::Parts;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use sha2::{Digest, Sha256};
 use time::{OffsetDateTime, PrimitiveDateTime, macros::format_description};
 
@@ -72,7 +72,9 @@ pub struct Verifier<'a> {
     pub service: &'a str,
 }
 
-struct Authorization<'h> {
+/// The parts of a SigV4 `Authorization` header.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Authorization<'h> {
     access_key_id: &'h str,
     date: &'h str,
     region: &'h str,
@@ -201,7 +203,25 @@ fn incomplete(message: &str) -> AuthError {
     AuthError::Incomplete(message.to_owned())
 }
 
-fn parse_authorization(header: &str) -> Result<Authorization<'_>, AuthError> {
+impl Authorization<'_> {
+    /// The header again, in the form SDKs send.
+    pub(crate) fn render(&self) -> String {
+        format!(
+            "{ALGORITHM} Credential={}/{}/{}/{}/{}, SignedHeaders={}, Signature={}",
+            self.access_key_id,
+            self.date,
+            self.region,
+            self.service,
+            self.terminator,
+            self.signed_headers,
+            self.signature
+        )
+    }
+}
+
+/// Reads an `Authorization` header: the algorithm, then `Credential`, `SignedHeaders` and
+/// `Signature` in any order (unknown parameters ignored).
+pub(crate) fn parse_authorization(header: &str) -> Result<Authorization<'_>, AuthError> {
     let rest = header
         .strip_prefix(ALGORITHM)
         .and_then(|r| r.strip_prefix(' '))
@@ -277,9 +297,12 @@ fn check_skew(amz: &str, signed_at: SystemTime, now: SystemTime) -> Result<(), A
     Ok(())
 }
 
-/// The SigV4 canonical request over exactly the headers the client signed.
+/// The SigV4 canonical request over exactly the headers the client signed, canonicalized as AWS
+/// (and the SDKs' signer, `aws-sigv4`) do: the path with dot and empty segments removed, then
+/// encoded again; the query read as a form (`+` is a space), each name and value encoded, sorted;
+/// header values with their spaces trimmed and runs of spaces collapsed.
 pub fn canonical_request(parts: &Parts, signed_headers: &str, body: &[u8]) -> String {
-    let path = utf8_percent_encode(parts.uri.path(), PATH).to_string();
+    let path = utf8_percent_encode(&normalize_path(parts.uri.path()), PATH).to_string();
     let query = canonical_query(parts.uri.query().unwrap_or(""));
     let mut headers = String::new();
     for name in signed_headers.split(';') {
@@ -296,23 +319,40 @@ pub fn canonical_request(parts: &Parts, signed_headers: &str, body: &[u8]) -> St
     )
 }
 
+/// RFC 3986 section 5.2.4 (remove dot segments), and empty segments too, as SigV4 asks; a path
+/// that ended in a directory keeps its trailing `/`.
+fn normalize_path(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut normalized = format!("/{}", segments.join("/"));
+    let directory = ["/", "/.", "/..", "/./", "/../"]
+        .iter()
+        .any(|end| path.ends_with(end));
+    if directory && !normalized.ends_with('/') {
+        normalized.push('/');
+    }
+    normalized
+}
+
 fn canonical_query(query: &str) -> String {
-    let mut pairs: Vec<(String, String)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (reencode(k), reencode(v))
-        })
+    let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (encode(&k), encode(&v)))
         .collect();
     pairs.sort();
     let pairs: Vec<String> = pairs.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     pairs.join("&")
 }
 
-fn reencode(s: &str) -> String {
-    let decoded = percent_decode_str(s).decode_utf8_lossy();
-    utf8_percent_encode(&decoded, STRICT).to_string()
+fn encode(s: &str) -> String {
+    utf8_percent_encode(s, STRICT).to_string()
 }
 
 fn header_values(parts: &Parts, name: &str) -> String {
@@ -332,8 +372,13 @@ fn header_values(parts: &Parts, name: &str) -> String {
     values.join(",")
 }
 
+/// Spaces only (not tabs or other whitespace): trimmed at both ends, runs made one.
 fn collapse_spaces(value: &str) -> String {
-    value.split_whitespace().collect::<Vec<_>>().join(" ")
+    value
+        .split(' ')
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn header_str<'p>(parts: &'p Parts, name: &str) -> Option<&'p str> {

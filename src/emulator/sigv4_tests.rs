@@ -192,3 +192,66 @@ fn the_canonical_request_double_encodes_the_path_and_sorts_the_query() {
                     host;x-amz-date\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     assert_eq!(canonical, expected);
 }
+
+/// A request built from `uri` and `headers`, signed by `aws-sigv4` as an SDK signs it.
+fn signed_as_sent(method: &str, uri: &str, headers: &[(&str, &str)], body: &[u8]) -> http::Request<Vec<u8>> {
+    let mut request = http::Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(body.to_vec()).unwrap();
+    super::sign(
+        &mut request,
+        (KEY, SECRET),
+        ("us-east-1", "chime"),
+        SystemTime::now(),
+    )
+    .unwrap();
+    request
+}
+
+// Found by the emulator_sigv4 fuzzer: the verifier read `+` in a query as itself, the signer (and
+// AWS) as a space.
+#[test]
+fn a_plus_in_the_query_is_a_space_as_the_signer_reads_it() {
+    for uri in [
+        "http://h/accounts/a/users?operation=+",
+        "http://h/accounts/a/users?user-email=a+b%2B@c.d&x=%2",
+    ] {
+        let request = signed_as_sent("GET", uri, &[("host", "h")], b"");
+        assert_eq!(check(request, SystemTime::now()), Ok(()), "{uri}");
+    }
+}
+
+// Found by the emulator_sigv4 fuzzer: dot segments and empty segments are normalized away before
+// the path is encoded, as the SigV4 documentation and the signer do.
+#[test]
+fn dot_and_empty_path_segments_are_normalized_as_the_signer_does() {
+    for uri in [
+        "http://h/accounts/./a/users",
+        "http://h/accounts//a/users/",
+        "http://h/accounts/b/../a/users/..",
+        "http://h/a/.",
+    ] {
+        let request = signed_as_sent("GET", uri, &[("host", "h")], b"");
+        assert_eq!(check(request, SystemTime::now()), Ok(()), "{uri}");
+    }
+    assert_eq!(normalize_path("/a/./b//c/../d"), "/a/b/d");
+    assert_eq!(normalize_path("/../a/.."), "/");
+    assert_eq!(normalize_path("/a/b/."), "/a/b/");
+    assert_eq!(normalize_path(""), "/");
+}
+
+// Found by the emulator_sigv4 fuzzer: only spaces are trimmed and collapsed in header values; a
+// tab stays as sent.
+#[test]
+fn only_spaces_are_collapsed_in_header_values() {
+    let request = signed_as_sent(
+        "POST",
+        "http://h/accounts/a/users?operation=create",
+        &[("host", "h"), ("x-amz-meta", "  a \t b   c  ")],
+        b"{}",
+    );
+    assert_eq!(check(request, SystemTime::now()), Ok(()));
+    assert_eq!(collapse_spaces("  a \t b   c  "), "a \t b c");
+}
