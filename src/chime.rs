@@ -284,7 +284,7 @@ pub fn error_response(status: u16, headers: &Headers, body: &[u8]) -> ErrorRespo
         request_id: header(headers, "x-amzn-RequestId"),
         retry_after: header(headers, "Retry-After")
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(std::time::Duration::from_secs),
+            .map(|secs| std::time::Duration::from_secs(secs).min(crate::error::MAX_RETRY_AFTER)),
     }
 }
 

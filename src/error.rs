@@ -20,6 +20,8 @@ pub const GATEWAY_DOMAIN: &str = "chime-gateway";
 pub const REQUEST_ID_KEY: &str = "x-amzn-requestid";
 /// `RetryInfo.retry_delay` when the upstream sent no `Retry-After`.
 pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// The longest upstream `Retry-After` taken as given; a longer one is read as this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -89,7 +89,8 @@ pub fn request_path(data: &[u8]) {
 ///
 /// The status has the table's code for the HTTP status, an `ErrorInfo` whose reason has the form
 /// `google.rpc.ErrorInfo` requires, the HTTP status in its metadata, `RetryInfo` exactly where the
-/// table says (with the upstream's `Retry-After` when it sent one) and the upstream's request id.
+/// table says (with the upstream's `Retry-After`, at most a day, when it sent one) and the
+/// upstream's request id.
 pub fn upstream_error(data: &[u8]) {
     let Some((&[hi, lo, a, b, c], rest)) = data.split_first_chunk::<5>() else {
         return;
@@ -131,6 +132,7 @@ pub fn upstream_error(data: &[u8]) {
     if rule.retry_info {
         assert_eq!(delay, Some(retry_after.unwrap_or(error::DEFAULT_RETRY_DELAY)));
     }
+    assert!(retry_after.is_none_or(|d| d <= error::MAX_RETRY_AFTER));
     let sent_id = grpc
         .metadata()
         .get(error::REQUEST_ID_KEY)

@@ -428,7 +428,10 @@ impl<U: Upstream> ChimeGateway<U> {
             return None;
         }
         let wait = self.policy.backoff.delay(attempts, retry_after);
-        (Instant::now() + wait < deadline).then_some(wait)
+        Instant::now()
+            .checked_add(wait)
+            .is_some_and(|at| at < deadline)
+            .then_some(wait)
     }
 
     async fn create_user_in(

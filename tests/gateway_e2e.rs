@@ -363,6 +363,27 @@ async fn retry_after_becomes_the_retry_delay() {
     assert_eq!(delay, Some(Duration::from_secs(4)));
 }
 
+// Found by the upstream_error fuzzer: a Retry-After of u64::MAX seconds overflowed the
+// gateway's clock arithmetic (a panic in the call) and reached RetryInfo as 10,000 years.
+#[tokio::test]
+async fn an_absurd_retry_after_is_read_as_a_day_and_not_waited_for() {
+    let (emu, gw) = stack().await;
+    let fault = Fault::Error {
+        status: 429,
+        error_type: Some("ThrottledClientException".into()),
+        type_in: TypeLocation::Header,
+        retry_after: Some(u64::MAX),
+    };
+    emu.inject(fault, 1);
+    let status = create(&gw, request(None, UserType::Unspecified))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let delay = status.get_error_details().retry_info().unwrap().retry_delay;
+    assert_eq!(delay, Some(Duration::from_secs(24 * 60 * 60)));
+    assert_eq!(emu.requests().len(), 1);
+}
+
 #[tokio::test]
 async fn a_throttled_attempt_is_retried_after_retry_after_and_succeeds() {
     let (emu, gw) = stack().await;
