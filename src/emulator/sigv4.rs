@@ -166,6 +166,9 @@ impl Verifier<'_> {
 
 /// Signs `request` as an AWS SDK does (SigV4, signature in headers), for tests that talk to the
 /// emulator over raw HTTP. The verifier never uses it: signing and verifying stay independent.
+///
+/// Refuses what an SDK could not send: a header value that is not UTF-8, no Host header and no
+/// authority in the URI, a request target without a path.
 pub fn sign(
     request: &mut http::Request<Vec<u8>>,
     (access_key_id, secret_access_key): (&str, &str),
@@ -187,11 +190,19 @@ pub fn sign(
     let headers = request
         .headers()
         .iter()
-        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
+        .map(|(k, v)| Ok((k.as_str(), std::str::from_utf8(v.as_bytes())?)))
+        .collect::<Result<Vec<_>, std::str::Utf8Error>>()
+        .map_err(|_| "a header value that is not UTF-8 cannot be signed")?;
+    if request.uri().authority().is_none() && !request.headers().contains_key(http::header::HOST) {
+        return Err("a request without a Host header or an authority cannot be signed".into());
+    }
+    if !request.uri().path().starts_with('/') {
+        return Err("a request target without a path (authority or asterisk form) cannot be signed".into());
+    }
     let signable = SignableRequest::new(
         request.method().as_str(),
         &uri,
-        headers,
+        headers.into_iter(),
         SignableBody::Bytes(request.body()),
     )?;
     let (instructions, _) = aws_sigv4::http_request::sign(signable, &params)?.into_parts();
