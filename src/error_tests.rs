@@ -539,3 +539,19 @@ fn a_code_or_type_that_is_no_reason_is_passed_over() {
     assert!(is_reason("THROTTLED") && is_reason("HTTP_503") && is_reason("A_1"));
     assert!(!is_reason("AB") && !is_reason("A_") && !is_reason("_AB") && !is_reason("aBC"));
 }
+
+// Kills a mutant (the upstream metric's `http_status` label of a 2xx with an unreadable body was
+// "none"): every answer the upstream gave has its status; no answer has none.
+#[test]
+fn the_http_status_is_known_exactly_when_the_upstream_answered() {
+    let unparseable = UpstreamError::Unparseable {
+        status: 201,
+        request_id: None,
+        source: io_error(),
+    };
+    assert_eq!(unparseable.http_status(), Some(201));
+    let response = UpstreamError::Response(crate::chime::error_response(409, &Default::default(), b""));
+    assert_eq!(response.http_status(), Some(409));
+    assert_eq!(UpstreamError::AttemptTimeout.http_status(), None);
+    assert_eq!(UpstreamError::NotSent(io_error()).http_status(), None);
+}

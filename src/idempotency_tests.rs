@@ -267,3 +267,72 @@ fn fingerprints_tell_every_field_and_its_presence_apart() {
     };
     assert_eq!(Fingerprint::of(&other_id), Fingerprint::of(&base));
 }
+
+// Kills the hashing mutants (a constant hash or an ignored write keeps the ledger correct but makes
+// every lookup a walk through one bucket): a key hashes to its digest's first eight bytes, and the
+// hasher mixes every byte written to it.
+#[test]
+fn a_key_hashes_to_its_digest_head_and_the_hasher_mixes_bytes() {
+    let k = key(7);
+    let head = u64::from_le_bytes(*k.0.split_first_chunk::<8>().unwrap().0);
+    assert_eq!(DigestHasher::default().hash_one(k), head);
+    assert_ne!(DigestHasher::default().hash_one(key(8)), head);
+    let mut bytes = DigestHasher::default();
+    bytes.write(&[1, 2]);
+    assert_eq!(bytes.finish(), 0x0102);
+}
+
+// Kills a mutant (the fingerprint check on a shared passing answer): a different request that
+// waits on a call in flight under its id is told the id is reused, even when that call fails.
+#[tokio::test]
+async fn a_different_request_waiting_on_a_failing_call_is_reused() {
+    let l = Arc::new(ledger());
+    let first = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            let outcome = l
+                .run(key(1), fp("a@x.io"), |_| async {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ending::<Answer, &'static str>::Passing {
+                        error: "unavailable",
+                        in_doubt: false,
+                    }
+                })
+                .await;
+            answer(&outcome)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let runs = AtomicU32::new(0);
+    let second = run(&l, key(1), fp("b@x.io"), &runs, final_answer("b")).await;
+    assert!(matches!(second, Outcome::Reused));
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    assert_eq!(first.await.unwrap(), (Err("unavailable"), false));
+}
+
+// Kills the remaining hasher mutants: bytes that wrap around are mixed with `^`, and a second u64
+// is mixed into the first.
+#[test]
+fn the_hasher_mixes_with_exclusive_or() {
+    let mut wrapped = DigestHasher::default();
+    wrapped.write(&[1, 0, 0, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(wrapped.finish(), 0);
+    let mut twice = DigestHasher::default();
+    twice.write_u64(0b1010);
+    twice.write_u64(0b0110);
+    assert_eq!(twice.finish(), 0b1100);
+}
+
+// Kills the Debug and `kept` mutants: the ledger counts what it keeps, and describes itself by those
+// counts, never its contents.
+#[tokio::test]
+async fn the_ledger_debugs_as_its_counts() {
+    let l = ledger();
+    let runs = AtomicU32::new(0);
+    run(&l, key(1), fp("a@x.io"), &runs, final_answer("secret@x.io")).await;
+    assert_eq!(l.kept().await, 1);
+    run(&l, key(2), fp("b@x.io"), &runs, final_answer("b")).await;
+    assert_eq!(l.kept().await, 2);
+    let text = format!("{l:?}");
+    assert_eq!(text, "Ledger { answers: 2, in_doubt: 0 }");
+}

@@ -566,3 +566,80 @@ async fn a_call_whose_deadline_leaves_no_time_sends_nothing() {
     }
     assert_eq!(counts(&up), (0, 0));
 }
+
+// Kills a mutant (`15 * 60` -> `15 + 60`): a service built without settings keeps request ids as
+// long, and as many, as the command line's defaults say.
+#[test]
+fn the_ledger_defaults_are_the_command_lines() {
+    use clap::Parser;
+    let c = crate::config::Config::try_parse_from(["chime-gateway"]).unwrap();
+    assert_eq!(DEFAULT_IDEMPOTENCY_TTL, c.idempotency_ttl);
+    assert_eq!(DEFAULT_IDEMPOTENCY_CAPACITY, c.idempotency_capacity);
+}
+
+// Kills a mutant (`<<` -> `>>`): the ceiling doubles with each failed attempt.
+#[test]
+fn the_backoff_ceiling_doubles_with_each_failure() {
+    let b = Backoff {
+        base: Duration::from_millis(10),
+        max: Duration::from_secs(1),
+    };
+    let longest = (0..200).map(|_| b.delay(4, None)).max().unwrap();
+    assert!(longest > Duration::from_millis(40), "{longest:?}");
+    assert!(longest <= Duration::from_millis(80), "{longest:?}");
+}
+
+// Kills the footprint mutants: a kept user weighs its encoded response twice (the message and its
+// copy in each answer) and its request id; a kept refusal weighs its texts.
+#[test]
+fn a_kept_answer_weighs_what_it_holds() {
+    let user = |name: &str, id: Option<&str>| -> usize {
+        let kept: Kept = Ok(Success {
+            response: CreateUserResponse {
+                user: Some(crate::pb::chime::v1::User {
+                    display_name: Some(name.into()),
+                    ..Default::default()
+                }),
+            },
+            request_id: id.map(Into::into),
+            reconciled: false,
+        });
+        kept.footprint()
+    };
+    let size = std::mem::size_of::<Kept>();
+    // The response is 4 bytes: User (tag, length) holding display_name (tag, length, "").
+    assert_eq!(user("", None), size + 2 * 4);
+    assert_eq!(
+        user(&"x".repeat(100), Some("req-1")) - user("", None),
+        2 * 100 + 5
+    );
+    let refusal = |message: &str| -> usize {
+        let kept: Kept = Err(Refused {
+            response: ErrorResponse {
+                status: 409,
+                error_type: Some("ConflictException".into()),
+                code: Some("Conflict".into()),
+                message: Some(message.into()),
+                request_id: Some("req".into()),
+                retry_after: None,
+            },
+            attempts: 1,
+        });
+        kept.footprint()
+    };
+    assert_eq!(refusal(""), size + 17 + 8 + 3);
+    assert_eq!(refusal(&"m".repeat(50)) - refusal(""), 50);
+}
+
+// Kills the mutants of `n > 1` in `attempt`: only the attempts after the first count as retries.
+#[tokio::test]
+async fn only_attempts_after_the_first_count_as_retries() {
+    let (gw, _) = gateway(vec![status(503, None), status(503, None)], 3);
+    gw.create_user(valid()).await.unwrap();
+    let text = gw.metrics().encode();
+    assert!(
+        text.contains("chime_upstream_requests_total{http_status=\"503\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("chime_upstream_retries_total 2"), "{text}");
+}
