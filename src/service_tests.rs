@@ -533,6 +533,11 @@ fn grpc_timeout_units_are_parsed() {
     assert_eq!(parse("7u"), Some(Duration::from_micros(7)));
     assert_eq!(parse("9n"), Some(Duration::from_nanos(9)));
     assert_eq!(parse("123456789S"), None, "at most 8 digits");
+    assert_eq!(
+        parse("99999999S"),
+        Some(Duration::from_secs(99_999_999)),
+        "8 digits"
+    );
     assert_eq!(parse("S"), None);
     assert_eq!(parse("10x"), None);
     assert_eq!(caller_timeout(&MetadataMap::new()), None);
@@ -642,4 +647,62 @@ async fn only_attempts_after_the_first_count_as_retries() {
         "{text}"
     );
     assert!(text.contains("chime_upstream_retries_total 2"), "{text}");
+}
+
+/// The JSON log lines `log_call` writes for `answered`, taking `latency`.
+fn log_line(answered: Answered, latency: Duration) -> serde_json::Value {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || log_call(&answered, latency));
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+// Kills the log_call mutants: the line has the latency in milliseconds, the status and request id
+// of an unreadable answer, and the reconciliation of an upstream failure that was not an answer.
+#[test]
+fn the_call_line_says_what_the_upstream_did() {
+    let failed = |error: UpstreamError, reconciliation| Answered {
+        result: Err(Arc::new(CallError::Upstream {
+            error,
+            attempts: 2,
+            reconciliation,
+        })),
+        attempts: 2,
+        replayed: false,
+    };
+    let unreadable = UpstreamError::Unparseable {
+        status: 201,
+        request_id: Some("req-9".into()),
+        source: "not a User".into(),
+    };
+    let line = log_line(failed(unreadable, None), Duration::from_micros(1500));
+    assert_eq!(line["upstream_status"], 201, "{line}");
+    assert_eq!(line["aws_request_id"], "req-9", "{line}");
+    assert_eq!(line["latency_ms"], 1.5, "{line}");
+    assert_eq!(line["grpc_code"], "UNKNOWN", "{line}");
+    let lost = UpstreamError::ConnectionLost("reset".into());
+    let line = log_line(
+        failed(lost, Some(Reconciliation::Failed)),
+        Duration::from_millis(3),
+    );
+    assert_eq!(line["upstream_status"], 0, "{line}");
+    assert_eq!(line["reconciliation"], "failed", "{line}");
+    assert_eq!(line["attempts"], 2, "{line}");
 }
