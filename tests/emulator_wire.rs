@@ -110,6 +110,40 @@ async fn admin_routes_answer_and_unknown_ones_404() {
     );
 }
 
+#[tokio::test]
+async fn the_stats_route_counts_what_each_operation_received_and_answered() {
+    let emu = emulator().await;
+    let url = emu.endpoint_url();
+    emu.inject(
+        chime_gateway::emulator::Fault::error(503, "ServiceUnavailableException"),
+        1,
+    );
+    let body = r#"{"Email":"stats@example.com","UserType":"PrivateUser"}"#;
+    assert_eq!(send(&url, DEMO_ACCOUNT_ID, body, true).await.status, 503);
+    assert_eq!(send(&url, DEMO_ACCOUNT_ID, body, true).await.status, 201);
+    assert_eq!(send(&url, DEMO_ACCOUNT_ID, body, true).await.status, 409);
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let admin = |method: http::Method| {
+        http::Request::builder()
+            .method(method)
+            .uri(format!("{url}/_emulator/stats"))
+            .body(Full::default())
+            .unwrap()
+    };
+    let answer = client.request(admin(http::Method::GET)).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    let stats: chime_gateway::emulator::Stats = serde_json::from_slice(&body).unwrap();
+    assert_eq!(stats, emu.stats());
+    assert_eq!(stats.create_user.received, 3);
+    let answered: Vec<_> = stats.create_user.answered.into_iter().collect();
+    assert_eq!(answered, [(201, 1), (409, 1), (503, 1)]);
+    assert_eq!(stats.list_users.received, 0);
+    let reset = client.request(admin(http::Method::DELETE)).await.unwrap();
+    assert_eq!(reset.status(), 204);
+    assert_eq!(emu.stats(), chime_gateway::emulator::Stats::default());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_creates_get_unique_ids_and_one_winner_per_email() {
     let (emu, gw) = stack().await;

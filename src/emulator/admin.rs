@@ -6,7 +6,7 @@ use http::{Method, Response, StatusCode, request::Parts};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ChaosConfig, Fault, Operation, Shared, faults::Chaos, wire};
+use super::{ChaosConfig, Fault, Operation, Shared, Stats, faults::Chaos, wire};
 
 /// The path prefix of every admin route.
 pub(crate) const PREFIX: &str = "/_emulator/";
@@ -58,6 +58,14 @@ pub(crate) fn handle(shared: &Shared, parts: &Parts, body: &[u8]) -> Response<wi
         }
         (&Method::DELETE, "requests") => {
             shared.recorded.lock().unwrap().clear();
+            no_content()
+        }
+        (&Method::GET, "stats") => {
+            let stats = shared.stats.lock().unwrap().clone();
+            wire::json_response(StatusCode::OK, &json!(stats))
+        }
+        (&Method::DELETE, "stats") => {
+            *shared.stats.lock().unwrap() = Stats::default();
             no_content()
         }
         (&Method::POST, "accounts") => match serde_json::from_slice::<AccountBody>(body) {

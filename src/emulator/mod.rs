@@ -21,6 +21,7 @@ pub(crate) mod routes;
 mod serve;
 pub mod sigv4;
 pub(crate) mod state;
+mod stats;
 pub mod wire;
 
 use std::{
@@ -36,6 +37,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 pub use faults::{ChaosConfig, Fault, Operation, TypeLocation};
 pub use state::{RecordedRequest, StoredUser};
+pub use stats::{OperationStats, Stats};
 
 /// The example account of the API reference; it exists unless the account list is replaced.
 pub const DEMO_ACCOUNT_ID: &str = "12a3456b-7c89-012d-3456-78901e23fg45";
@@ -82,6 +84,7 @@ pub(crate) struct Shared {
     faults: Mutex<VecDeque<(Operation, Fault, u32)>>,
     chaos: Mutex<Option<faults::Chaos>>,
     recorded: Mutex<VecDeque<RecordedRequest>>,
+    pub(crate) stats: Mutex<Stats>,
     connections: AtomicU64,
 }
 
@@ -134,6 +137,11 @@ impl Emulator {
         self.shared.inject(operation, fault, times);
     }
 
+    /// What each operation received and answered so far.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats.lock().unwrap().clone()
+    }
+
     /// Starts (or, with `None`, stops) a seeded random mix of faults; queued faults go first.
     pub fn set_chaos(&self, chaos: Option<ChaosConfig>) {
         *self.shared.chaos.lock().unwrap() = chaos.map(faults::Chaos::new);
@@ -181,6 +189,7 @@ impl Shared {
             faults: Mutex::new(VecDeque::new()),
             chaos: Mutex::new(None),
             recorded: Mutex::new(VecDeque::new()),
+            stats: Mutex::new(Stats::default()),
             connections: AtomicU64::new(0),
         }
     }

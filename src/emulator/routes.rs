@@ -52,6 +52,24 @@ async fn respond(shared: &Arc<Shared>, reset: &Notify, parts: &Parts, body: Byte
     }
     shared.record(record(parts, &body));
     let route = route(parts);
+    let Some(operation) = route.as_ref().map(|(op, _)| *op) else {
+        return serve_chime(shared, reset, parts, body, route).await;
+    };
+    shared.stats.lock().unwrap().received(operation);
+    let response = serve_chime(shared, reset, parts, body, route).await;
+    let status = response.status().as_u16();
+    shared.stats.lock().unwrap().answered(operation, status);
+    response
+}
+
+/// A Chime request, with the fault it meets.
+async fn serve_chime(
+    shared: &Arc<Shared>,
+    reset: &Notify,
+    parts: &Parts,
+    body: Bytes,
+    route: Option<(Operation, String)>,
+) -> Response<Body> {
     let fault = route.as_ref().and_then(|(op, _)| shared.next_fault(*op));
     match &fault {
         Some(Fault::Latency { millis }) => tokio::time::sleep(Duration::from_millis(*millis)).await,
