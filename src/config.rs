@@ -7,6 +7,8 @@ use std::{fmt, net::SocketAddr, num::NonZeroUsize, path::PathBuf, str::FromStr, 
 
 use clap::{Parser, ValueEnum, builder::BoolishValueParser};
 
+use crate::retry::{BudgetConfig, SendRate};
+
 /// Env var for `--listen`.
 pub const ENV_LISTEN: &str = "CHIME_GATEWAY_LISTEN";
 /// Env var for `--listen-mode`.
@@ -51,6 +53,16 @@ pub const ENV_IDEMPOTENCY_TTL: &str = "CHIME_GATEWAY_IDEMPOTENCY_TTL";
 pub const ENV_IDEMPOTENCY_CAPACITY: &str = "CHIME_GATEWAY_IDEMPOTENCY_CAPACITY";
 /// Env var for `--reconcile`.
 pub const ENV_RECONCILE: &str = "CHIME_GATEWAY_RECONCILE";
+/// Env var for `--retry-budget-tokens`.
+pub const ENV_RETRY_BUDGET_TOKENS: &str = "CHIME_GATEWAY_RETRY_BUDGET_TOKENS";
+/// Env var for `--retry-budget-retry-cost`.
+pub const ENV_RETRY_BUDGET_RETRY_COST: &str = "CHIME_GATEWAY_RETRY_BUDGET_RETRY_COST";
+/// Env var for `--retry-budget-lookup-cost`.
+pub const ENV_RETRY_BUDGET_LOOKUP_COST: &str = "CHIME_GATEWAY_RETRY_BUDGET_LOOKUP_COST";
+/// Env var for `--retry-budget-refill`.
+pub const ENV_RETRY_BUDGET_REFILL: &str = "CHIME_GATEWAY_RETRY_BUDGET_REFILL";
+/// Env var for `--upstream-rate`.
+pub const ENV_UPSTREAM_RATE: &str = "CHIME_GATEWAY_UPSTREAM_RATE";
 /// Env var for `--log-format`.
 pub const ENV_LOG_FORMAT: &str = "CHIME_GATEWAY_LOG_FORMAT";
 
@@ -148,6 +160,33 @@ pub struct Config {
           num_args = 0..=1, default_missing_value = "true")]
     pub reconcile: bool,
 
+    /// Tokens of the retry budget, shared by every call of this process: each retry and each
+    /// lookup after an unknown outcome takes some; a create that succeeds puts some back. Empty:
+    /// calls end with the error they have (ErrorInfo retry_budget: exhausted). `off`: unbounded.
+    #[arg(long, env = ENV_RETRY_BUDGET_TOKENS, default_value = "100")]
+    pub retry_budget_tokens: BudgetTokens,
+
+    /// Tokens a retry of a create takes from the retry budget.
+    #[arg(long, env = ENV_RETRY_BUDGET_RETRY_COST, default_value = "5",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub retry_budget_retry_cost: u32,
+
+    /// Tokens a lookup (ListUsers) after an unknown outcome takes from the retry budget.
+    #[arg(long, env = ENV_RETRY_BUDGET_LOOKUP_COST, default_value = "10",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub retry_budget_lookup_cost: u32,
+
+    /// Tokens a create that succeeds at its first attempt puts back (a retry that succeeds puts
+    /// back its own cost).
+    #[arg(long, env = ENV_RETRY_BUDGET_REFILL, default_value = "1")]
+    pub retry_budget_refill: u32,
+
+    /// Pace of upstream requests: `adaptive` (no limit until Chime throttles, then the AWS SDKs'
+    /// CUBIC rate), `off`, or a fixed number of requests per second. A call whose send slot
+    /// would come after its deadline is answered at once RESOURCE_EXHAUSTED (UPSTREAM_RATE_LIMITED).
+    #[arg(long, env = ENV_UPSTREAM_RATE, default_value = "adaptive")]
+    pub upstream_rate: SendRate,
+
     /// PEM certificate chain: serve TLS instead of plaintext (needs --tls-key).
     #[arg(long, env = ENV_TLS_CERT, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -163,6 +202,36 @@ pub struct Config {
     /// Log line format.
     #[arg(long, env = ENV_LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// `--retry-budget-tokens`: a number of tokens, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetTokens(pub Option<u32>);
+
+impl FromStr for BudgetTokens {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Self(None)),
+            n => n
+                .parse()
+                .map(|tokens| Self(Some(tokens)))
+                .map_err(|_| format!("{s:?} is neither a number of tokens nor `off`")),
+        }
+    }
+}
+
+impl Config {
+    /// The retry budget's knobs; `None` when `--retry-budget-tokens off`.
+    pub fn retry_budget(&self) -> Option<BudgetConfig> {
+        self.retry_budget_tokens.0.map(|tokens| BudgetConfig {
+            tokens,
+            retry_cost: self.retry_budget_retry_cost,
+            lookup_cost: self.retry_budget_lookup_cost,
+            refill: self.retry_budget_refill,
+        })
+    }
 }
 
 /// Where the API listens.
@@ -287,6 +356,36 @@ mod tests {
         assert_eq!(c.idempotency_ttl, Duration::from_secs(15 * 60));
         assert_eq!(c.idempotency_capacity, 10_000);
         assert!(c.reconcile);
+        assert_eq!(c.retry_budget(), Some(BudgetConfig::default()));
+        assert_eq!(c.upstream_rate, SendRate::Adaptive);
+    }
+
+    #[test]
+    fn the_retry_budget_and_the_send_rate_are_read() {
+        let c = parse(&[
+            "--retry-budget-tokens",
+            "500",
+            "--retry-budget-retry-cost",
+            "7",
+            "--retry-budget-lookup-cost",
+            "14",
+            "--retry-budget-refill",
+            "0",
+            "--upstream-rate",
+            "20",
+        ])
+        .unwrap();
+        let expected = BudgetConfig {
+            tokens: 500,
+            retry_cost: 7,
+            lookup_cost: 14,
+            refill: 0,
+        };
+        assert_eq!(c.retry_budget(), Some(expected));
+        assert_eq!(c.upstream_rate, SendRate::Fixed(20.0));
+        let off = parse(&["--retry-budget-tokens", "off", "--upstream-rate", "off"]).unwrap();
+        assert_eq!(off.retry_budget(), None);
+        assert_eq!(off.upstream_rate, SendRate::Off);
     }
 
     #[test]
@@ -384,6 +483,13 @@ mod tests {
             &["--health-listen", "nowhere"],
             &["--worker-threads", "0"],
             &["--worker-threads", "two"],
+            &["--retry-budget-tokens", "many"],
+            &["--retry-budget-tokens", "-1"],
+            &["--retry-budget-retry-cost", "0"],
+            &["--retry-budget-lookup-cost", "0"],
+            &["--retry-budget-refill", "some"],
+            &["--upstream-rate", "fast"],
+            &["--upstream-rate", "0"],
         ] {
             let err = parse(args).unwrap_err();
             let line = one_line(&err);

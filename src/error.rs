@@ -106,13 +106,18 @@ pub fn is_final(status: u16) -> bool {
     matches!(status, 400 | 401 | 403 | 404 | 409 | 412 | 422)
 }
 
-/// What a lookup of a create whose outcome was unknown found, when it did not find the user.
+/// What became of the lookup of a create whose outcome was unknown, when it did not find the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reconciliation {
     /// No such user: the create did not happen, so the caller may safely retry.
     NotFound,
     /// The lookup itself failed (denied, throttled, unreachable, out of time).
     Failed,
+    /// Not made now (the retry budget is empty, or no send slot came in time): the request id
+    /// stays in doubt, so the caller's retry with the same id makes it.
+    Deferred,
+    /// Not made (as for `Deferred`), and the call has no request id to make it later.
+    Skipped,
 }
 
 impl Reconciliation {
@@ -121,8 +126,17 @@ impl Reconciliation {
         match self {
             Reconciliation::NotFound => "not_found",
             Reconciliation::Failed => "failed",
+            Reconciliation::Deferred => "deferred",
+            Reconciliation::Skipped => "skipped",
         }
     }
+}
+
+/// `RetryInfo.retry_delay` of a call the retry budget stopped: the default delay, spread over
+/// up to twice as long so that callers refused together do not come back together.
+pub fn spread_retry_delay() -> Duration {
+    use rand::Rng;
+    DEFAULT_RETRY_DELAY.mul_f64(1.0 + rand::rng().random::<f64>())
 }
 
 /// How one kind of failure is answered: a row of the contract's table.
@@ -190,6 +204,15 @@ pub enum CallError {
         attempts: u32,
         /// What the lookup of an unknown outcome found, when one was made and found no user.
         reconciliation: Option<Reconciliation>,
+        /// The retry budget refused the retry or lookup that would have come next.
+        budget_exhausted: bool,
+    },
+    #[error("no upstream send slot comes before the call's deadline (retry in {retry_after:?})")]
+    /// No upstream send slot comes before the deadline: the adaptive send rate (or
+    /// `--upstream-rate`) holds this gateway below what the upstream accepts; nothing was sent.
+    RateLimited {
+        /// When a slot would come, from now.
+        retry_after: Duration,
     },
     /// The request id was first used for a different request; nothing was sent.
     #[error("the request_id was already used for a different request")]
@@ -223,6 +246,7 @@ impl CallError {
         match self {
             CallError::Invalid(_) | CallError::RequestIdReused => Code::InvalidArgument,
             CallError::Upstream { error, .. } => rule(error).code,
+            CallError::RateLimited { .. } => Code::ResourceExhausted,
             CallError::DeadlineExceeded { .. } | CallError::UpstreamBusy { .. } => Code::DeadlineExceeded,
             CallError::Overloaded | CallError::ShuttingDown => Code::Unavailable,
         }
@@ -236,6 +260,7 @@ impl CallError {
             CallError::RequestIdReused => "REQUEST_ID_REUSED",
             CallError::DeadlineExceeded { .. } => "DEADLINE_EXCEEDED",
             CallError::UpstreamBusy { .. } => "UPSTREAM_BUSY",
+            CallError::RateLimited { .. } => "UPSTREAM_RATE_LIMITED",
             CallError::Overloaded => "OVERLOADED",
             CallError::ShuttingDown => "SHUTTING_DOWN",
             CallError::Upstream {
@@ -262,8 +287,14 @@ impl CallError {
                 error,
                 attempts,
                 reconciliation,
+                budget_exhausted,
             } => {
-                return upstream_status(error, *attempts, *reconciliation);
+                return upstream_status(error, *attempts, *reconciliation, *budget_exhausted);
+            }
+            CallError::RateLimited { retry_after } => {
+                details.set_error_info("UPSTREAM_RATE_LIMITED", GATEWAY_DOMAIN, HashMap::new());
+                details.set_retry_info(Some(*retry_after));
+                self.to_string()
             }
             CallError::RequestIdReused => {
                 details.add_bad_request_violation(
@@ -308,12 +339,20 @@ pub fn message_too_large(limit: usize) -> Status {
     Status::with_error_details(Code::ResourceExhausted, message, details)
 }
 
-fn upstream_status(error: &UpstreamError, attempts: u32, reconciliation: Option<Reconciliation>) -> Status {
+fn upstream_status(
+    error: &UpstreamError,
+    attempts: u32,
+    reconciliation: Option<Reconciliation>,
+    budget_exhausted: bool,
+) -> Status {
     let rule = rule(error);
     let mut details = ErrorDetails::new();
     let mut meta = HashMap::from([("attempts".to_owned(), attempts.to_string())]);
     if let Some(r) = reconciliation {
         meta.insert("reconciliation".to_owned(), r.as_str().to_owned());
+    }
+    if budget_exhausted {
+        meta.insert("retry_budget".to_owned(), "exhausted".to_owned());
     }
     let (message, request_id, retry_after) = match error {
         UpstreamError::Response(r) => {
@@ -339,8 +378,17 @@ fn upstream_status(error: &UpstreamError, attempts: u32, reconciliation: Option<
             (other.to_string(), None, None)
         }
     };
-    if rule.retry_info {
-        details.set_retry_info(Some(retry_after.unwrap_or(DEFAULT_RETRY_DELAY)));
+    // A stopped call, or a deferred lookup, is for the caller to retry: later, and spread out.
+    let stopped = budget_exhausted || reconciliation == Some(Reconciliation::Deferred);
+    if rule.retry_info || stopped {
+        let delay = retry_after.unwrap_or_else(|| {
+            if stopped {
+                spread_retry_delay()
+            } else {
+                DEFAULT_RETRY_DELAY
+            }
+        });
+        details.set_retry_info(Some(delay));
     }
     if let Some(id) = request_id {
         details.set_request_info(id, "");
@@ -353,11 +401,12 @@ fn upstream_status(error: &UpstreamError, attempts: u32, reconciliation: Option<
 }
 
 /// Every reason [`CallError::gateway_reason`] can give, so the metric exports each from the start.
-pub const GATEWAY_REASONS: [&str; 12] = [
+pub const GATEWAY_REASONS: [&str; 13] = [
     "INVALID_REQUEST",
     "REQUEST_ID_REUSED",
     "DEADLINE_EXCEEDED",
     "UPSTREAM_BUSY",
+    "UPSTREAM_RATE_LIMITED",
     "OVERLOADED",
     "SHUTTING_DOWN",
     "UPSTREAM_BAD_RESPONSE",

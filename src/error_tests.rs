@@ -27,6 +27,7 @@ fn status_of(error: UpstreamError) -> Status {
         error,
         attempts: 1,
         reconciliation: None,
+        budget_exhausted: false,
     }
     .to_status()
 }
@@ -323,6 +324,97 @@ fn a_deadline_spent_waiting_for_an_upstream_connection_says_so() {
 }
 
 #[test]
+fn no_send_slot_in_time_is_resource_exhausted_with_when_one_frees() {
+    let retry_after = Duration::from_millis(1250);
+    let s = CallError::RateLimited { retry_after }.to_status();
+    check(
+        &s,
+        Code::ResourceExhausted,
+        GATEWAY_DOMAIN,
+        "UPSTREAM_RATE_LIMITED",
+        true,
+    );
+    let details = s.get_error_details();
+    assert_eq!(details.retry_info().unwrap().retry_delay, Some(retry_after));
+}
+
+fn stopped(status: u16, reconciliation: Option<Reconciliation>, budget_exhausted: bool) -> Status {
+    CallError::Upstream {
+        error: response(status, None, None),
+        attempts: 1,
+        reconciliation,
+        budget_exhausted,
+    }
+    .to_status()
+}
+
+#[test]
+fn a_call_the_retry_budget_stopped_says_so_with_a_spread_retry_delay() {
+    let mut delays = Vec::new();
+    for _ in 0..50 {
+        let s = stopped(503, None, true);
+        check(
+            &s,
+            Code::Unavailable,
+            UPSTREAM_DOMAIN,
+            "SERVICE_UNAVAILABLE",
+            true,
+        );
+        let details = s.get_error_details();
+        assert_eq!(
+            details.error_info().unwrap().metadata["retry_budget"],
+            "exhausted"
+        );
+        let delay = details.retry_info().unwrap().retry_delay.unwrap();
+        assert!(
+            (DEFAULT_RETRY_DELAY..=DEFAULT_RETRY_DELAY * 2).contains(&delay),
+            "{delay:?}"
+        );
+        delays.push(delay);
+    }
+    delays.dedup();
+    assert!(delays.len() > 1, "spread, not one delay for every caller");
+    // An error without RetryInfo of its own gets one when the budget stopped it.
+    let s = stopped(500, Some(Reconciliation::NotFound), true);
+    check(&s, Code::Internal, UPSTREAM_DOMAIN, "SERVICE_FAILURE", true);
+    // Retry-After still wins.
+    let mut throttled = response(429, None, None);
+    if let UpstreamError::Response(r) = &mut throttled {
+        r.retry_after = Some(Duration::from_secs(3));
+    }
+    let s = CallError::Upstream {
+        error: throttled,
+        attempts: 2,
+        reconciliation: None,
+        budget_exhausted: true,
+    }
+    .to_status();
+    let details = s.get_error_details();
+    assert_eq!(
+        details.retry_info().unwrap().retry_delay,
+        Some(Duration::from_secs(3))
+    );
+    // Not stopped: no such key.
+    let s = stopped(503, None, false);
+    let info = s.get_error_details().error_info().cloned().unwrap();
+    assert!(!info.metadata.contains_key("retry_budget"));
+}
+
+#[test]
+fn a_deferred_lookup_is_the_original_status_with_retry_info() {
+    let s = stopped(500, Some(Reconciliation::Deferred), false);
+    check(&s, Code::Internal, UPSTREAM_DOMAIN, "SERVICE_FAILURE", true);
+    let info = s.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.metadata["reconciliation"], "deferred");
+    let s = stopped(500, Some(Reconciliation::Skipped), true);
+    let info = s.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.metadata["reconciliation"], "skipped");
+    assert_eq!(info.metadata["retry_budget"], "exhausted");
+    assert_eq!(Reconciliation::Deferred.as_str(), "deferred");
+    assert_eq!(Reconciliation::Skipped.as_str(), "skipped");
+}
+
+#[test]
 fn validation_failures_carry_bad_request_field_violations() {
     let violations = vec![
         FieldViolation {
@@ -457,6 +549,9 @@ fn the_gateway_reason_of_every_error_is_its_error_info_reason() {
         CallError::RequestIdReused,
         CallError::DeadlineExceeded { attempts: 1 },
         CallError::UpstreamBusy { attempts: 0 },
+        CallError::RateLimited {
+            retry_after: Duration::from_millis(250),
+        },
         CallError::Overloaded,
         CallError::ShuttingDown,
         CallError::Upstream {
@@ -466,6 +561,7 @@ fn the_gateway_reason_of_every_error_is_its_error_info_reason() {
             }),
             attempts: 1,
             reconciliation: None,
+            budget_exhausted: false,
         },
     ]
     .into_iter()
@@ -487,6 +583,7 @@ fn the_gateway_reason_of_every_error_is_its_error_info_reason() {
             error,
             attempts: 1,
             reconciliation: None,
+            budget_exhausted: false,
         }),
     );
     let mut seen = Vec::new();

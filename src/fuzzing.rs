@@ -118,6 +118,7 @@ pub fn upstream_error(data: &[u8]) {
         error,
         attempts: 1,
         reconciliation: None,
+        budget_exhausted: false,
     }
     .to_status();
     assert_ne!(grpc.code(), tonic::Code::Ok);

@@ -166,6 +166,12 @@ impl Doubt {
         }
     }
 
+    /// Whether the call has a request id, so that a retry of it can settle what this call leaves
+    /// in doubt.
+    pub fn has_request_id(&self) -> bool {
+        self.mark.is_some()
+    }
+
     /// Notes that an attempt is about to be sent: if the call goes away before
     /// [`Doubt::answered`], its request id is left in doubt.
     pub fn sent(&mut self) {

@@ -4,7 +4,7 @@
 //! A call flows one way through the modules:
 //!
 //! ```text
-//! service (receive, deadline, retries)
+//! service (receive, deadline, attempts; retry: may another request go upstream, and when)
 //!   -> validate (SPEC section 2, no I/O)
 //!   -> translate (proto -> SDK input)
 //!   -> chime (the SDK call, failures classified from the wire)
@@ -26,6 +26,7 @@ pub mod listeners;
 pub mod message_size;
 pub mod metrics;
 pub mod pb;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod telemetry;

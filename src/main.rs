@@ -156,7 +156,9 @@ async fn serve(config: Config, tls: Option<ServerTlsConfig>, bound: Bound) -> Re
     };
     let gateway = ChimeGateway::new(upstream, policy, config.max_concurrency.get())
         .with_upstream_connections(config.upstream_max_connections.get())
-        .with_idempotency(config.idempotency_ttl, config.idempotency_capacity);
+        .with_idempotency(config.idempotency_ttl, config.idempotency_capacity)
+        .with_retry_budget(config.retry_budget())
+        .with_send_rate(config.upstream_rate);
     let shutdown =
         server::shutdown_signal().map_err(|e| anyhow::anyhow!("cannot install the signal handlers: {e}"))?;
     println!("chime-gateway: serving chime.v1.ChimeService on {api_addr}");

@@ -7,7 +7,7 @@
 use std::{
     borrow::Cow,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, atomic::AtomicU64},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -56,7 +56,15 @@ struct ReconciliationLabels {
 }
 
 /// The outcomes of a reconciliation lookup, as the metric's `outcome` label spells them.
-pub const RECONCILIATION_OUTCOMES: [&str; 3] = ["found", "not_found", "failed"];
+pub const RECONCILIATION_OUTCOMES: [&str; 5] = ["found", "not_found", "failed", "deferred", "skipped"];
+
+/// What the retry budget refuses, as the metric's `kind` label spells them.
+pub const BUDGET_KINDS: [&str; 2] = ["retry", "lookup"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
 
 /// Every metric the gateway exports.
 #[derive(Debug)]
@@ -74,6 +82,11 @@ pub struct Metrics {
     reconciliations: Family<ReconciliationLabels, Counter>,
     replays: Counter,
     gateway_errors: Family<ReasonLabels, Counter>,
+    budget_refusals: Family<KindLabels, Counter>,
+    budget_tokens: Gauge,
+    slot_waiting: Gauge,
+    slot_refusals: Counter,
+    send_rate: Gauge<f64, AtomicU64>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -98,6 +111,14 @@ impl Default for Metrics {
         for reason in crate::error::GATEWAY_REASONS {
             let _ = gateway_errors.get_or_create(&ReasonLabels { reason });
         }
+        let budget_refusals = Family::<KindLabels, Counter>::default();
+        for kind in BUDGET_KINDS {
+            let _ = budget_refusals.get_or_create(&KindLabels { kind });
+        }
+        let budget_tokens = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        let slot_waiting = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        let slot_refusals = Counter::<u64, AtomicU64>::default();
+        let send_rate = Gauge::<f64, AtomicU64>::default();
         for outcome in RECONCILIATION_OUTCOMES {
             // Exported from the start at 0, so rates and alerts see every series.
             let _ = reconciliations.get_or_create(&ReconciliationLabels { outcome });
@@ -162,6 +183,31 @@ impl Default for Metrics {
             "Calls answered with an error the gateway originated (domain chime-gateway), by ErrorInfo reason.",
             gateway_errors.clone(),
         );
+        registry.register(
+            "chime_gateway_retry_budget_refusals",
+            "Retries and lookups the retry budget refused, by kind (retry, lookup).",
+            budget_refusals.clone(),
+        );
+        registry.register(
+            "chime_gateway_retry_budget_tokens",
+            "Tokens left in the retry budget (0 also when the budget is off).",
+            budget_tokens.clone(),
+        );
+        registry.register(
+            "chime_gateway_send_slot_waiting",
+            "Upstream requests waiting now for a send slot (--upstream-rate).",
+            slot_waiting.clone(),
+        );
+        registry.register(
+            "chime_gateway_send_slot_refusals",
+            "Upstream requests not sent because no send slot came before the call's deadline.",
+            slot_refusals.clone(),
+        );
+        registry.register(
+            "chime_gateway_upstream_send_rate",
+            "The send rate limit now, in upstream requests per second (0: not limiting).",
+            send_rate.clone(),
+        );
         Self {
             registry,
             started,
@@ -176,6 +222,11 @@ impl Default for Metrics {
             reconciliations,
             replays,
             gateway_errors,
+            budget_refusals,
+            budget_tokens,
+            slot_waiting,
+            slot_refusals,
+            send_rate,
         }
     }
 }
@@ -217,6 +268,26 @@ impl Metrics {
         self.gateway_errors.get_or_create(&ReasonLabels { reason }).inc();
     }
 
+    /// Counts a retry or lookup the retry budget refused (one of [`BUDGET_KINDS`]).
+    pub fn budget_refused(&self, kind: &'static str) {
+        self.budget_refusals.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// Sets the retry budget's balance (`None`: unlimited, exported as 0).
+    pub fn budget_balance(&self, tokens: Option<u32>) {
+        self.budget_tokens.set(tokens.map_or(0, i64::from));
+    }
+
+    /// Counts an upstream request not sent for want of a send slot.
+    pub fn slot_refused(&self) {
+        self.slot_refusals.inc();
+    }
+
+    /// Sets the send rate limit (`None`: not limiting, exported as 0).
+    pub fn send_rate(&self, rate: Option<f64>) {
+        self.send_rate.set(rate.unwrap_or(0.0));
+    }
+
     /// Counts a call answered with an earlier call's answer.
     pub fn replayed(&self) {
         self.replays.inc();
@@ -251,6 +322,24 @@ impl WaitingGuard {
 impl Drop for WaitingGuard {
     fn drop(&mut self) {
         self.0.upstream_waiting.dec();
+    }
+}
+
+/// Counts an upstream request waiting for a send slot for as long as it lives.
+#[derive(Debug)]
+pub struct SlotWaitingGuard(Arc<Metrics>);
+
+impl SlotWaitingGuard {
+    /// Counts one more waiting request.
+    pub fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.slot_waiting.inc();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for SlotWaitingGuard {
+    fn drop(&mut self) {
+        self.0.slot_waiting.dec();
     }
 }
 
@@ -620,5 +709,44 @@ mod tests {
         );
         assert!(text.contains("chime_upstream_retries_total 2"), "{text}");
         assert!(text.contains("chime_upstream_request_seconds_count 3"), "{text}");
+    }
+
+    #[test]
+    fn the_retry_budget_and_the_send_rate_are_exported_from_the_start_and_counted() {
+        let m = Arc::new(Metrics::default());
+        let text = m.encode();
+        for kind in BUDGET_KINDS {
+            let line = format!("chime_gateway_retry_budget_refusals_total{{kind=\"{kind}\"}} 0");
+            assert!(text.contains(&line), "{text}");
+        }
+        for line in [
+            "chime_gateway_retry_budget_tokens 0",
+            "chime_gateway_send_slot_waiting 0",
+            "chime_gateway_send_slot_refusals_total 0",
+            "chime_gateway_upstream_send_rate 0.0",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+        m.budget_refused("lookup");
+        m.budget_balance(Some(95));
+        m.slot_refused();
+        m.send_rate(Some(12.5));
+        let waiting = SlotWaitingGuard::new(&m);
+        let text = m.encode();
+        for line in [
+            "chime_gateway_retry_budget_refusals_total{kind=\"lookup\"} 1",
+            "chime_gateway_retry_budget_refusals_total{kind=\"retry\"} 0",
+            "chime_gateway_retry_budget_tokens 95",
+            "chime_gateway_send_slot_waiting 1",
+            "chime_gateway_send_slot_refusals_total 1",
+            "chime_gateway_upstream_send_rate 12.5",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+        drop(waiting);
+        m.send_rate(None);
+        let text = m.encode();
+        assert!(text.contains("chime_gateway_send_slot_waiting 0"), "{text}");
+        assert!(text.contains("chime_gateway_upstream_send_rate 0.0"), "{text}");
     }
 }

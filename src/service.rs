@@ -1,9 +1,10 @@
 //! `chime.v1.ChimeService`: receives a call, bounds it in time and concurrency, validates it,
 //! makes the upstream attempts the contract allows, settles unknown outcomes, and answers.
 //!
-//! Owns the call's policy (deadline, attempt timeout, retries with backoff, the concurrency limit,
-//! request ids and reconciliation) and the one log line per call. What a request id keeps lives in
-//! `idempotency`, conversions in `translate`, status mapping in `error`.
+//! Owns the call's flow (deadline, attempt timeout, retries, the concurrency limit, request ids and
+//! reconciliation) and the one log line per call. Whether and when another request may go
+//! upstream (backoff, the retry budget, the send rate) is `retry`'s arithmetic; what a request id
+//! keeps lives in `idempotency`, conversions in `translate`, status mapping in `error`.
 
 use std::{
     sync::{
@@ -13,7 +14,6 @@ use std::{
     time::Duration,
 };
 
-use rand::Rng;
 use tokio::{
     sync::{Semaphore, watch},
     time::{Instant, sleep, timeout, timeout_at},
@@ -23,12 +23,14 @@ use tonic::{
     metadata::{MetadataMap, MetadataValue},
 };
 
+pub use crate::retry::Backoff;
 use crate::{
     chime::{Created, Found, Upstream},
     error::{self, CallError, ErrorResponse, REQUEST_ID_KEY, Reconciliation, UpstreamError},
     idempotency::{Doubt, Ending, Fingerprint, Footprint, Key, Ledger, Outcome},
-    metrics::{Metrics, WaitingGuard, code_name},
+    metrics::{Metrics, SlotWaitingGuard, WaitingGuard, code_name},
     pb::chime::v1::{CreateUserRequest, CreateUserResponse, chime_service_server::ChimeService},
+    retry::{BudgetConfig, Extra, NoSlot, RetryBudget, SendLimiter, SendRate, Withdrawal},
     telemetry, translate, validate,
 };
 use tracing::Instrument;
@@ -60,38 +62,6 @@ pub struct CallPolicy {
     pub backoff: Backoff,
     /// Look the user up by email when an attempt's outcome is unknown.
     pub reconcile: bool,
-}
-
-/// Exponential backoff with full jitter; an upstream `Retry-After` takes precedence.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    /// The ceiling of the first delay.
-    pub base: Duration,
-    /// The ceiling of any delay.
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            base: Duration::from_millis(50),
-            max: Duration::from_secs(2),
-        }
-    }
-}
-
-impl Backoff {
-    /// The wait before attempt `failed + 1`.
-    pub fn delay(&self, failed: u32, retry_after: Option<Duration>) -> Duration {
-        if let Some(d) = retry_after {
-            return d;
-        }
-        let ceiling = self
-            .base
-            .saturating_mul(1 << failed.saturating_sub(1).min(16))
-            .min(self.max);
-        rand::rng().random_range(Duration::ZERO..=ceiling)
-    }
 }
 
 /// A user to answer with.
@@ -168,6 +138,36 @@ struct Attempted {
 enum Lookup {
     Found(Box<Found>),
     Missing(Reconciliation),
+    /// Not made: the retry budget is empty, or no send slot comes in time.
+    Refused {
+        budget_exhausted: bool,
+    },
+}
+
+/// A failed attempt, as the call's error if nothing follows it.
+struct Failed {
+    error: UpstreamError,
+    attempts: u32,
+    reconciliation: Option<Reconciliation>,
+}
+
+impl Failed {
+    fn new(error: UpstreamError, attempts: u32, reconciliation: Option<Reconciliation>) -> Self {
+        Self {
+            error,
+            attempts,
+            reconciliation,
+        }
+    }
+
+    fn into_error(self, budget_exhausted: bool) -> CallError {
+        CallError::Upstream {
+            error: self.error,
+            attempts: self.attempts,
+            reconciliation: self.reconciliation,
+            budget_exhausted,
+        }
+    }
 }
 
 /// The `ChimeService` implementation, generic over the upstream so tests can swap it.
@@ -179,6 +179,8 @@ pub struct ChimeGateway<U> {
     cancel: Arc<watch::Sender<bool>>,
     metrics: Arc<Metrics>,
     ledger: Ledger<Kept>,
+    budget: RetryBudget,
+    limiter: SendLimiter,
 }
 
 /// Ends every call still in flight with UNAVAILABLE: the last step of a shutdown whose grace ran out.
@@ -203,7 +205,28 @@ impl<U: Upstream> ChimeGateway<U> {
             cancel: Arc::new(watch::Sender::new(false)),
             metrics: Arc::new(Metrics::default()),
             ledger: Ledger::new(DEFAULT_IDEMPOTENCY_TTL, DEFAULT_IDEMPOTENCY_CAPACITY),
+            budget: RetryBudget::new(Some(BudgetConfig::default())),
+            limiter: SendLimiter::new(SendRate::Adaptive),
         }
+        .with_metered_budget()
+    }
+
+    /// Bounds retries and lookups by a retry budget with these knobs (`None`: unbounded).
+    pub fn with_retry_budget(mut self, config: Option<BudgetConfig>) -> Self {
+        self.budget = RetryBudget::new(config);
+        self.with_metered_budget()
+    }
+
+    fn with_metered_budget(self) -> Self {
+        self.metrics.budget_balance(self.budget.balance());
+        self
+    }
+
+    /// Paces upstream sends (`--upstream-rate`).
+    pub fn with_send_rate(mut self, rate: SendRate) -> Self {
+        self.limiter = SendLimiter::new(rate);
+        self.metrics.send_rate(self.limiter.rate());
+        self
     }
 
     /// Lets at most `max` upstream attempts run at once (one per upstream connection); calls
@@ -282,7 +305,20 @@ impl<U: Upstream> ChimeGateway<U> {
         // The failure a lookup is settling: still the answer if the deadline cuts the lookup.
         let mut unsettled = None;
         let attempt_loop = async {
+            // The failure a retry follows, and what the retry took from the budget.
+            let mut retrying: Option<(Failed, Withdrawal)> = None;
             loop {
+                if let Err(no_slot) = self.send_slot(deadline).await {
+                    return Err(match retrying.take() {
+                        None => CallError::RateLimited {
+                            retry_after: no_slot.retry_after,
+                        },
+                        Some((failed, withdrawal)) => {
+                            self.refund(withdrawal);
+                            failed.into_error(false)
+                        }
+                    });
+                }
                 waiting = true;
                 let queued = WaitingGuard::new(&self.metrics);
                 let connection = self.connections.acquire().await.expect("never closed");
@@ -291,6 +327,9 @@ impl<U: Upstream> ChimeGateway<U> {
                 if Instant::now() >= deadline {
                     // No time left to hear the answer: sending now could only create a user the
                     // caller never learns of.
+                    if let Some((_, withdrawal)) = retrying.take() {
+                        self.refund(withdrawal);
+                    }
                     return Err(CallError::DeadlineExceeded {
                         attempts: attempts.load(Ordering::Relaxed),
                     });
@@ -301,42 +340,61 @@ impl<U: Upstream> ChimeGateway<U> {
                 let attempt = self.attempt(input.clone(), n).await;
                 doubt.answered();
                 sending = false;
+                let retry = retrying.take().map(|(_, withdrawal)| withdrawal);
                 let error = match attempt {
-                    Ok(created) => return Ok(Success::created(created)),
+                    Ok(created) => {
+                        self.succeeded(retry);
+                        return Ok(Success::created(created));
+                    }
                     Err(error) => error,
                 };
                 let unknown = error::outcome_unknown(&error);
                 // A 2xx whose body could not be read created the user, unseen.
                 in_doubt |= unknown || matches!(error, UpstreamError::Unparseable { .. });
                 let conflict = error.http_status() == Some(409);
-                let (error, wait, reconciliation) = if let Some(email) = email.as_deref()
+                let (failed, again) = if let Some(email) = email.as_deref()
                     && (unknown || (conflict && (in_doubt || doubt.before)))
                 {
                     unsettled = Some(error);
-                    let lookup = self.look_up(&account_id, email, deadline).await;
+                    // A 409 for an id an earlier call left in doubt (its lookup deferred, say):
+                    // the lookup is this call's only way to its own user, so it is owed, not
+                    // drawn on the budget. A 409 ends the attempts: at most one per call.
+                    let owed = conflict && doubt.before;
+                    let lookup = self.look_up(&account_id, email, deadline, owed).await;
                     let error = unsettled.take().expect("set above");
-                    let missing = match lookup {
+                    let reconciliation = match lookup {
                         Lookup::Found(found) => return Ok(Success::reconciled(*found)),
                         Lookup::Missing(missing) => missing,
+                        Lookup::Refused { budget_exhausted } => {
+                            // Deferred: the in-doubt marker stays for the caller's retry.
+                            let later = if doubt.has_request_id() {
+                                Reconciliation::Deferred
+                            } else {
+                                Reconciliation::Skipped
+                            };
+                            self.metrics.reconciled(later.as_str());
+                            let failed = Failed::new(error, n, Some(later));
+                            return Err(failed.into_error(budget_exhausted));
+                        }
                     };
                     // Not found: the create did not happen, so another attempt is safe.
-                    let again = missing == Reconciliation::NotFound && !conflict;
-                    let wait = again.then(|| self.another_attempt(n, None, deadline)).flatten();
-                    (error, wait, Some(missing))
+                    let again = (reconciliation == Reconciliation::NotFound && !conflict)
+                        .then(|| self.another_attempt(n, None, deadline))
+                        .flatten();
+                    (Failed::new(error, n, Some(reconciliation)), again)
                 } else {
                     let wait = self.retry_wait(&error, n, deadline);
-                    (error, wait, None)
+                    (Failed::new(error, n, None), wait)
                 };
-                if let Some(wait) = wait {
-                    drop(connection);
-                    sleep(wait).await;
-                    continue;
-                }
-                return Err(CallError::Upstream {
-                    error,
-                    attempts: n,
-                    reconciliation,
-                });
+                let Some(wait) = again else {
+                    return Err(failed.into_error(false));
+                };
+                let Some(withdrawal) = self.withdraw(Extra::Retry) else {
+                    return Err(failed.into_error(true));
+                };
+                drop(connection);
+                sleep(wait).await;
+                retrying = Some((failed, withdrawal));
             }
         };
         let result = timeout_at(deadline, attempt_loop).await;
@@ -346,11 +404,7 @@ impl<U: Upstream> ChimeGateway<U> {
                 CallError::UpstreamBusy { attempts }
             } else if let Some(error) = unsettled {
                 self.metrics.reconciled(Reconciliation::Failed.as_str());
-                CallError::Upstream {
-                    error,
-                    attempts,
-                    reconciliation: Some(Reconciliation::Failed),
-                }
+                Failed::new(error, attempts, Some(Reconciliation::Failed)).into_error(false)
             } else {
                 CallError::DeadlineExceeded { attempts }
             })
@@ -359,6 +413,51 @@ impl<U: Upstream> ChimeGateway<U> {
             result,
             // The deadline cut an attempt short: it may have created the user.
             in_doubt: in_doubt || sending,
+        }
+    }
+
+    /// Waits for a send slot (`--upstream-rate`), if it comes before `deadline`.
+    async fn send_slot(&self, deadline: Instant) -> Result<(), NoSlot> {
+        let slot = match self.limiter.acquire(deadline) {
+            Ok(None) => return Ok(()),
+            Ok(Some(slot)) => slot,
+            Err(no_slot) => {
+                self.metrics.slot_refused();
+                return Err(no_slot);
+            }
+        };
+        let _waiting = SlotWaitingGuard::new(&self.metrics);
+        let waited = self.limiter.wait(slot, deadline).await;
+        if waited.is_err() {
+            self.metrics.slot_refused();
+        }
+        waited
+    }
+
+    /// Takes the retry budget's tokens for one more request, counting a refusal.
+    fn withdraw(&self, extra: Extra) -> Option<Withdrawal> {
+        let withdrawal = self.budget.withdraw(extra);
+        if withdrawal.is_none() {
+            self.metrics.budget_refused(extra.as_str());
+        }
+        self.metrics.budget_balance(self.budget.balance());
+        withdrawal
+    }
+
+    fn refund(&self, withdrawal: Withdrawal) {
+        self.budget.refund(withdrawal);
+        self.metrics.budget_balance(self.budget.balance());
+    }
+
+    fn succeeded(&self, retry: Option<Withdrawal>) {
+        self.budget.succeeded(retry);
+        self.metrics.budget_balance(self.budget.balance());
+    }
+
+    /// Lets the send rate learn from an upstream answer's HTTP status.
+    fn answered(&self, http_status: Option<u16>) {
+        if let Some(status) = http_status {
+            self.metrics.send_rate(self.limiter.record(status == 429));
         }
     }
 
@@ -380,15 +479,37 @@ impl<U: Upstream> ChimeGateway<U> {
         let result = timeout(self.policy.upstream_timeout, sent)
             .await
             .unwrap_or(Err(UpstreamError::AttemptTimeout));
-        meter.finish(match &result {
+        let http_status = match &result {
             Ok(_) => Some(201),
             Err(error) => error.http_status(),
-        });
+        };
+        self.answered(http_status);
+        meter.finish(http_status);
         result
     }
 
-    /// Asks the upstream whether the user exists, within the attempt timeout and the deadline.
-    async fn look_up(&self, account_id: &str, email: &str, deadline: Instant) -> Lookup {
+    /// Asks the upstream whether the user exists, within the attempt timeout and the deadline,
+    /// when the retry budget (unless the lookup is `owed`) and the send rate allow one more
+    /// request.
+    async fn look_up(&self, account_id: &str, email: &str, deadline: Instant, owed: bool) -> Lookup {
+        let withdrawal = if owed {
+            None
+        } else {
+            let Some(withdrawal) = self.withdraw(Extra::Lookup) else {
+                return Lookup::Refused {
+                    budget_exhausted: true,
+                };
+            };
+            Some(withdrawal)
+        };
+        if self.send_slot(deadline).await.is_err() {
+            if let Some(withdrawal) = withdrawal {
+                self.refund(withdrawal);
+            }
+            return Lookup::Refused {
+                budget_exhausted: false,
+            };
+        }
         let limit = deadline.min(Instant::now() + self.policy.upstream_timeout);
         let span = tracing::info_span!("chime.reconcile", otel.kind = "client", rpc.system = "aws-api",);
         let found = Box::pin(
@@ -399,8 +520,18 @@ impl<U: Upstream> ChimeGateway<U> {
         let (lookup, outcome) = match timeout_at(limit, found).await {
             Ok(Ok(Some(found))) => (Lookup::Found(Box::new(found)), "found"),
             Ok(Ok(None)) => (Lookup::Missing(Reconciliation::NotFound), "not_found"),
-            Ok(Err(_)) | Err(_) => (Lookup::Missing(Reconciliation::Failed), "failed"),
+            Ok(Err(error)) => {
+                self.answered(error.http_status());
+                (Lookup::Missing(Reconciliation::Failed), "failed")
+            }
+            Err(_) => (Lookup::Missing(Reconciliation::Failed), "failed"),
         };
+        if matches!(
+            lookup,
+            Lookup::Found(_) | Lookup::Missing(Reconciliation::NotFound)
+        ) {
+            self.answered(Some(200));
+        }
         self.metrics.reconciled(outcome);
         lookup
     }
@@ -494,11 +625,7 @@ impl<U: Upstream> ChimeGateway<U> {
 
 impl Refused {
     fn into_error(self) -> CallError {
-        CallError::Upstream {
-            error: UpstreamError::Response(self.response),
-            attempts: self.attempts,
-            reconciliation: None,
-        }
+        Failed::new(UpstreamError::Response(self.response), self.attempts, None).into_error(false)
     }
 }
 
@@ -510,6 +637,7 @@ fn ending(attempted: Attempted) -> Ending<Kept, CallError> {
             error: UpstreamError::Response(response),
             attempts,
             reconciliation: None,
+            budget_exhausted: false,
         }) if error::is_final(response.status) => Ending::Final(Err(Refused { response, attempts })),
         Err(error) => Ending::Passing {
             error,

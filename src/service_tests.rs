@@ -100,10 +100,10 @@ fn gateway(script: Vec<UpstreamError>, max_attempts: u32) -> (ChimeGateway<Arc<S
         script: Mutex::new(script.into()),
         ..Default::default()
     });
-    (
-        ChimeGateway::new(upstream.clone(), policy(max_attempts), 4),
-        upstream,
-    )
+    // The send rate has tests of its own (`retry_tests`, and below): here a 429 is a failure
+    // to retry like any other, not a lesson in pacing.
+    let gateway = ChimeGateway::new(upstream.clone(), policy(max_attempts), 4).with_send_rate(SendRate::Off);
+    (gateway, upstream)
 }
 
 fn valid() -> Request<CreateUserRequest> {
@@ -335,7 +335,7 @@ async fn a_conflict_on_the_repeat_of_a_call_left_in_doubt_is_looked_up() {
 #[tokio::test]
 async fn a_conflict_on_the_repeat_of_a_call_that_provably_sent_nothing_is_not_looked_up() {
     let up = scripted(vec![status(429, None), status(409, None)], vec![found("x")]);
-    let gw = ChimeGateway::new(up.clone(), policy(1), 4);
+    let gw = ChimeGateway::new(up.clone(), policy(1), 4).with_send_rate(SendRate::Off);
     assert_eq!(
         gw.create_user(with_email(ID)).await.unwrap_err().code(),
         Code::ResourceExhausted
@@ -385,7 +385,7 @@ async fn final_refusals_are_kept_and_transient_ones_are_not() {
         (501, false),
     ] {
         let up = scripted(vec![status(http, None)], vec![]);
-        let gw = ChimeGateway::new(up.clone(), policy(1), 4);
+        let gw = ChimeGateway::new(up.clone(), policy(1), 4).with_send_rate(SendRate::Off);
         let mut request = with_email(ID).into_inner();
         // No email: nothing is looked up, so only the keeping is under test.
         request.email = None;
@@ -683,6 +683,7 @@ fn the_call_line_says_what_the_upstream_did() {
             error,
             attempts: 2,
             reconciliation,
+            budget_exhausted: false,
         })),
         attempts: 2,
         replayed: false,
@@ -706,3 +707,6 @@ fn the_call_line_says_what_the_upstream_did() {
     assert_eq!(line["reconciliation"], "failed", "{line}");
     assert_eq!(line["attempts"], 2, "{line}");
 }
+
+#[path = "service_protection_tests.rs"]
+mod protection;

@@ -6,6 +6,8 @@
 //! contract, and after a 409 that is ALREADY_EXISTS (with `reconciliation: failed`), which this
 //! test's callers must never see. tests/reconciliation.rs covers failed lookups.
 //!
+//! The gateway keeps its retry budget at the defaults; its send rate is off (see `run`).
+//!
 //! With reconciliation on, every caller must end with OK and its own user, the emulator must hold
 //! exactly one user per email, and no caller may ever see ALREADY_EXISTS. The same run with
 //! reconciliation off counts the callers it would have failed (printed, not asserted as a number).
@@ -24,9 +26,11 @@ use std::{
 use chime_gateway::{
     emulator::{ChaosConfig, DEMO_ACCOUNT_ID, Emulator, Fault, Operation, TypeLocation},
     pb::chime::v1::{CreateUserRequest, UserType, chime_service_client::ChimeServiceClient},
-    service::{Backoff, CallPolicy},
+    retry::SendRate,
+    server::ServeOptions,
+    service::{Backoff, CallPolicy, ChimeGateway},
 };
-use common::{Gateway, emulator, request};
+use common::{Gateway, emulator, request, upstream_for};
 use tokio::sync::Semaphore;
 use tonic::{Code, transport::Channel};
 
@@ -139,7 +143,10 @@ async fn run(seed: u64, reconcile: bool) -> (Emulator, Vec<Caller>) {
         },
         reconcile,
     };
-    let gw = Gateway::in_front_of(&emu, policy).await;
+    // The retry budget at its defaults. The send rate is off: these 429s are injected at random,
+    // not by rate, so pacing cannot lift them (the fleet bench measures a real throttle).
+    let gateway = ChimeGateway::new(upstream_for(&emu).await, policy, 64).with_send_rate(SendRate::Off);
+    let gw = Gateway::serve(gateway, ServeOptions::with_grace(Duration::from_secs(5))).await;
     let client = gw.client().await;
     let callers = setting("CHAOS_CALLERS").unwrap_or(300) as usize;
     let permits = Arc::new(Semaphore::new(CONCURRENCY));

@@ -132,7 +132,9 @@ impl Case {
             Case::Cancel => {
                 code == Cancelled || code == Ok || code == AlreadyExists || faults.contains(&code)
             }
-            Case::TinyDeadline => [DeadlineExceeded, Cancelled].contains(&code),
+            // RESOURCE_EXHAUSTED too: after a 429 the send rate paces the gateway, and a call
+            // whose send slot would come after its deadline is refused at once.
+            Case::TinyDeadline => [DeadlineExceeded, Cancelled, ResourceExhausted].contains(&code),
         }
     }
 }
