@@ -15,6 +15,7 @@
 //! knows nothing of HTTP, gRPC or the SDK.
 
 use std::{
+    collections::BTreeSet,
     str::FromStr,
     sync::{
         Mutex,
@@ -212,16 +213,21 @@ const SMOOTH: f64 = 0.8;
 const BETA: f64 = 0.7;
 /// How fast the rate grows back after a throttle.
 const SCALE_CONSTANT: f64 = 0.4;
+/// How often a waiting send slot reads the rate again.
+const RECHECK: Duration = Duration::from_millis(100);
+/// The shortest time a rate is measured over before the first half-second bucket closes.
+const MIN_WINDOW: f64 = 0.1;
 
-/// The limiter's state, in seconds since the limiter was made. Tokens are counted as two running
-/// totals: `credit` (every token the bucket has made) and `taken` (every slot handed out), so a
-/// slot is a ticket number that is due once `credit` reaches it, whatever the rate does meanwhile.
+/// The limiter's state, in seconds since the limiter was made: the SDKs' token bucket, and the
+/// requests waiting for a token, in the order they asked (a ticket each). The first in line takes
+/// the next token; one that stops waiting leaves the line, and those behind move up.
 #[derive(Debug, Default)]
 struct Bucket {
     fill_rate: f64,
     max_capacity: f64,
-    credit: f64,
-    taken: f64,
+    tokens: f64,
+    waiting: BTreeSet<u64>,
+    next_ticket: u64,
     last_refill: Option<f64>,
     enabled: bool,
     measured_tx_rate: f64,
@@ -229,30 +235,43 @@ struct Bucket {
     request_count: u64,
     last_max_rate: f64,
     time_of_last_throttle: f64,
+    /// When the first answer came, and how many came before the first bucket closed.
+    first_answer: Option<f64>,
+    answers_before_measure: u64,
 }
 
 impl Bucket {
     fn refill(&mut self, t: f64) {
         if let Some(last) = self.last_refill {
             let made = (t - last).max(0.0) * self.fill_rate;
-            self.credit = (self.credit + made).min(self.taken + self.max_capacity);
+            self.tokens = (self.tokens + made).min(self.max_capacity);
         }
         self.last_refill = Some(t);
     }
 
-    /// Seconds until `ticket` is due at the current rate.
-    fn due_in(&self, ticket: f64) -> f64 {
-        ((ticket - self.credit) / self.fill_rate).max(0.0)
+    /// Seconds until the request with `ahead` requests before it in line may go, at the current
+    /// rate.
+    fn due_in(&self, ahead: usize) -> f64 {
+        ((ahead as f64 + 1.0 - self.tokens) / self.fill_rate).max(0.0)
     }
 
-    /// The AWS SDKs' `update_rate_limiter`.
-    fn update(&mut self, t: f64, throttled: bool) {
+    /// The AWS SDKs' `update_rate_limiter`, for an answer at `t` to a request sent at `sent`,
+    /// with two departures, both for a gateway that meets a throttle under load:
+    /// - a throttle of a request sent before the last cut does not cut again: it answers the
+    ///   rate already cut (one cut per throttling event, as TCP's CUBIC; the SDK cuts on every
+    ///   429, so a burst of them takes a busy sender to the floor);
+    /// - before the first half-second bucket closes, the measured rate is the answers seen so far
+    ///   over the time since the first (the SDK reads 0 there, and a fleet that starts under load
+    ///   would restart from the floor).
+    fn update(&mut self, t: f64, throttled: bool, sent: f64) {
         self.update_measured_rate(t);
+        let throttled = throttled && !(self.enabled && sent < self.time_of_last_throttle);
+        let measured = self.measured(t);
         let calculated = if throttled {
             let rate = if self.enabled {
-                self.measured_tx_rate.min(self.fill_rate)
+                measured.min(self.fill_rate)
             } else {
-                self.measured_tx_rate
+                measured
             };
             self.last_max_rate = rate;
             self.time_of_last_throttle = t;
@@ -261,14 +280,29 @@ impl Bucket {
         } else {
             self.cubic_success(t)
         };
-        let rate = calculated.min(2.0 * self.measured_tx_rate);
+        let rate = calculated.min(2.0 * measured);
         self.refill(t);
         self.fill_rate = rate.max(MIN_FILL_RATE);
         self.max_capacity = rate.max(MIN_CAPACITY);
-        self.credit = self.credit.min(self.taken + self.max_capacity);
+        self.tokens = self.tokens.min(self.max_capacity);
+    }
+
+    fn measured(&self, t: f64) -> f64 {
+        if self.measured_tx_rate > 0.0 {
+            return self.measured_tx_rate;
+        }
+        let first = self.first_answer.unwrap_or(t);
+        self.answers_before_measure as f64 / (t - first).max(MIN_WINDOW)
     }
 
     fn update_measured_rate(&mut self, t: f64) {
+        if self.first_answer.is_none() {
+            self.first_answer = Some(t);
+            self.last_tx_rate_bucket = (t * 2.0).floor() / 2.0;
+        }
+        if self.measured_tx_rate == 0.0 {
+            self.answers_before_measure += 1;
+        }
         let bucket = (t * 2.0).floor() / 2.0;
         self.request_count += 1;
         if bucket > self.last_tx_rate_bucket {
@@ -295,7 +329,7 @@ impl Bucket {
 #[must_use]
 pub struct Slot<'a> {
     limiter: &'a SendLimiter,
-    ticket: f64,
+    ticket: u64,
     due: Instant,
     granted: bool,
 }
@@ -310,7 +344,7 @@ impl Slot<'_> {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if !self.granted {
-            self.limiter.give_back();
+            self.limiter.give_back(self.ticket);
         }
     }
 }
@@ -339,7 +373,7 @@ impl SendLimiter {
             bucket.enabled = true;
             bucket.fill_rate = rate;
             bucket.max_capacity = rate.max(MIN_CAPACITY);
-            bucket.credit = bucket.max_capacity;
+            bucket.tokens = bucket.max_capacity;
         }
         Self {
             mode,
@@ -364,17 +398,18 @@ impl SendLimiter {
             return Ok(None);
         }
         b.refill(self.seconds(now));
-        let ticket = b.taken + 1.0;
-        let wait = Duration::from_secs_f64(b.due_in(ticket));
-        if wait.is_zero() {
-            b.taken = ticket;
+        if b.waiting.is_empty() && b.tokens >= 1.0 {
+            b.tokens -= 1.0;
             return Ok(None);
         }
+        let wait = Duration::from_secs_f64(b.due_in(b.waiting.len()));
         let due = now.checked_add(wait).filter(|due| *due < deadline);
         let Some(due) = due else {
             return Err(NoSlot { retry_after: wait });
         };
-        b.taken = ticket;
+        let ticket = b.next_ticket;
+        b.next_ticket += 1;
+        b.waiting.insert(ticket);
         Ok(Some(Slot {
             limiter: self,
             ticket,
@@ -383,8 +418,8 @@ impl SendLimiter {
         }))
     }
 
-    /// Waits until `slot` is due; `Err` (the slot given back) when the rate fell so far that it
-    /// would come after `deadline`.
+    /// Waits until `slot` is first in line and a token is there; `Err` (the slot given back) when
+    /// the rate fell so far that this would come after `deadline`.
     pub async fn wait(&self, mut slot: Slot<'_>, deadline: Instant) -> Result<(), NoSlot> {
         loop {
             // Registered before the reading, so a slot given back meanwhile still wakes us.
@@ -395,38 +430,50 @@ impl SendLimiter {
             let wait = {
                 let mut b = self.bucket.lock().expect("never poisoned");
                 b.refill(self.seconds(now));
-                Duration::from_secs_f64(b.due_in(slot.ticket))
+                let ahead = b.waiting.range(..slot.ticket).count();
+                if ahead == 0 && b.tokens >= 1.0 {
+                    b.tokens -= 1.0;
+                    b.waiting.remove(&slot.ticket);
+                    slot.granted = true;
+                    return Ok(());
+                }
+                Duration::from_secs_f64(b.due_in(ahead))
             };
-            if wait.is_zero() {
-                slot.granted = true;
-                return Ok(());
-            }
             match now.checked_add(wait).filter(|due| *due < deadline) {
                 Some(due) => slot.due = due,
                 None => return Err(NoSlot { retry_after: wait }),
             }
+            // A waiter reads the rate again at least every `RECHECK`: the rate grows between
+            // throttles, and a slot reckoned at a lower rate comes sooner than it said.
+            let wake = slot.due.min(now + RECHECK).max(now + Duration::from_micros(1));
             tokio::select! {
-                () = tokio::time::sleep_until(slot.due) => {}
+                () = tokio::time::sleep_until(wake) => {}
                 () = given_back => {}
             }
         }
     }
 
-    fn give_back(&self) {
-        self.bucket.lock().expect("never poisoned").credit += 1.0;
+    fn give_back(&self, ticket: u64) {
+        self.bucket
+            .lock()
+            .expect("never poisoned")
+            .waiting
+            .remove(&ticket);
         // The slots behind this one are due sooner now.
         self.given_back.notify_waiters();
     }
 
-    /// Learns from an upstream answer (`throttled` when it was a 429); the limit now.
-    pub fn record(&self, throttled: bool) -> Option<f64> {
+    /// Learns from an upstream answer to a request sent at `sent` (`throttled` when it was a
+    /// 429); the limit now.
+    pub fn record(&self, throttled: bool, sent: Instant) -> Option<f64> {
         match self.mode {
             SendRate::Off => None,
             SendRate::Fixed(rate) => Some(rate),
             SendRate::Adaptive => {
                 let t = self.seconds(Instant::now());
+                let sent = self.seconds(sent);
                 let mut b = self.bucket.lock().expect("never poisoned");
-                b.update(t, throttled);
+                b.update(t, throttled, sent);
                 b.enabled.then_some(b.fill_rate)
             }
         }

@@ -192,7 +192,7 @@ fn measured_and_fill_rates_follow_the_sdks_values() {
         (false, 3.4, 4.333056, 3.4522263943863463),
     ];
     for (throttled, t, measured, fill) in expected {
-        b.update(t, throttled);
+        b.update(t, throttled, t);
         assert!(close(b.measured_tx_rate, measured), "{t}: {}", b.measured_tx_rate);
         assert!(close(b.fill_rate, fill), "{t}: {}", b.fill_rate);
     }
@@ -209,7 +209,7 @@ async fn off_and_adaptive_before_a_throttle_never_wait() {
         for _ in 0..1000 {
             assert!(matches!(limiter.acquire(Instant::now()), Ok(None)));
         }
-        assert_eq!(limiter.record(false), None);
+        assert_eq!(limiter.record(false, Instant::now()), None);
         assert_eq!(limiter.rate(), None);
     }
 }
@@ -230,7 +230,11 @@ async fn a_fixed_rate_allows_a_seconds_burst_then_spaces_sends() {
     assert_eq!(Instant::now() - start, Duration::from_millis(100));
     limiter.wait(second, far()).await.unwrap();
     assert_eq!(Instant::now() - start, Duration::from_millis(200));
-    assert_eq!(limiter.record(true), Some(10.0), "a fixed rate does not learn");
+    assert_eq!(
+        limiter.record(true, Instant::now()),
+        Some(10.0),
+        "a fixed rate does not learn"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -264,20 +268,20 @@ async fn a_throttle_starts_limiting_and_lowers_the_rate() {
     let limiter = SendLimiter::new(SendRate::Adaptive);
     // 100 answers a second for two seconds, then a throttle.
     for _ in 0..200 {
-        let _ = limiter.record(false);
+        let _ = limiter.record(false, Instant::now());
         tokio::time::advance(Duration::from_millis(10)).await;
     }
-    let _ = limiter.record(true);
+    let _ = limiter.record(true, Instant::now());
     let first = limiter.rate().expect("limiting after a throttle");
     assert!((60.0..80.0).contains(&first), "{first}");
     // Throttled again at once: the rate falls by BETA again.
-    let _ = limiter.record(true);
+    let _ = limiter.record(true, Instant::now());
     let second = limiter.rate().unwrap();
     assert!(close(second, first * BETA), "{first} {second}");
     // Without throttles it grows back, past where it was.
     for _ in 0..500 {
         tokio::time::advance(Duration::from_millis(10)).await;
-        let _ = limiter.record(false);
+        let _ = limiter.record(false, Instant::now());
     }
     assert!(limiter.rate().unwrap() > first);
 }
@@ -286,10 +290,10 @@ async fn a_throttle_starts_limiting_and_lowers_the_rate() {
 async fn a_waiting_slot_whose_rate_falls_past_the_deadline_gives_up() {
     let limiter = SendLimiter::new(SendRate::Adaptive);
     for _ in 0..20 {
-        let _ = limiter.record(false);
+        let _ = limiter.record(false, Instant::now());
         tokio::time::advance(Duration::from_millis(50)).await;
     }
-    let _ = limiter.record(true);
+    let _ = limiter.record(true, Instant::now());
     let rate = limiter.rate().unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut slots = Vec::new();
@@ -303,8 +307,138 @@ async fn a_waiting_slot_whose_rate_falls_past_the_deadline_gives_up() {
     assert!(!slots.is_empty(), "rate {rate}");
     // The rate falls to its floor before the last slot is due.
     for _ in 0..10 {
-        let _ = limiter.record(true);
+        let _ = limiter.record(true, Instant::now());
     }
     let last = slots.pop().unwrap();
     assert!(limiter.wait(last, deadline).await.is_err());
+}
+
+#[test]
+fn throttles_of_requests_sent_before_the_cut_cut_only_once() {
+    let mut b = Bucket::default();
+    // 40 answers a second for two seconds, then a burst of 429s to requests already in flight.
+    for i in 0..80 {
+        let t = f64::from(i) * 0.025;
+        b.update(t, false, t);
+    }
+    b.update(2.0, true, 1.99);
+    let cut = b.fill_rate;
+    for i in 1..10 {
+        let t = 2.0 + f64::from(i) * 0.001;
+        b.update(t, true, 1.995);
+    }
+    assert!(b.fill_rate >= cut, "{cut} -> {}", b.fill_rate);
+    // A request sent after the cut and throttled is a new event: cut again.
+    b.update(2.5, true, 2.2);
+    assert!(b.fill_rate < cut * 0.75, "{cut} -> {}", b.fill_rate);
+}
+
+#[test]
+fn the_first_throttle_under_load_cuts_from_the_rate_seen_not_the_floor() {
+    let mut b = Bucket::default();
+    // 100 answers a second from t = 10.0, throttled 200 ms in: before any bucket closed.
+    for i in 0..20 {
+        let t = 10.0 + f64::from(i) * 0.01;
+        b.update(t, false, t);
+    }
+    b.update(10.2, true, 10.19);
+    assert!(b.enabled);
+    assert!((60.0..80.0).contains(&b.fill_rate), "{}", b.fill_rate);
+}
+
+/// An account that accepts `rate` requests a second with a burst of as many, as Chime (and the
+/// emulator) throttle.
+struct Account {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Account {
+    fn admit(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate);
+        self.at = now;
+        let ok = self.tokens >= 1.0;
+        if ok {
+            self.tokens -= 1.0;
+        }
+        ok
+    }
+}
+
+/// What a fleet of adaptive limiters sent to one throttled account, and what it accepted.
+#[derive(Debug, Default)]
+struct Sent {
+    requests: u64,
+    accepted: u64,
+    by_sender: Vec<u64>,
+}
+
+/// `senders` limiters sharing one account throttled at 20/s, offered 100 calls/s in all for
+/// 20 s, each call with a 5 s deadline, each answer 3 ms after its request.
+async fn fleet(senders: usize) -> Sent {
+    use std::sync::{Arc, Mutex as StdMutex};
+    let account = Arc::new(StdMutex::new(Account {
+        rate: 20.0,
+        tokens: 20.0,
+        at: Instant::now(),
+    }));
+    let limiters: Vec<_> = (0..senders)
+        .map(|_| Arc::new(SendLimiter::new(SendRate::Adaptive)))
+        .collect();
+    let sent = Arc::new(StdMutex::new(Sent {
+        by_sender: vec![0; senders],
+        ..Sent::default()
+    }));
+    let mut calls = Vec::new();
+    for n in 0..2000usize {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let i = n % senders;
+        let (limiter, account, sent) = (limiters[i].clone(), account.clone(), sent.clone());
+        calls.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let Ok(slot) = limiter.acquire(deadline) else {
+                return;
+            };
+            if let Some(slot) = slot
+                && limiter.wait(slot, deadline).await.is_err()
+            {
+                return;
+            }
+            let at = Instant::now();
+            let ok = account.lock().unwrap().admit();
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            let _ = limiter.record(!ok, at);
+            let mut sent = sent.lock().unwrap();
+            sent.requests += 1;
+            if ok {
+                sent.accepted += 1;
+                sent.by_sender[i] += 1;
+            }
+        }));
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    std::mem::take(&mut *sent.lock().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_settles_at_what_a_throttled_account_accepts() {
+    // The account accepts 20/s over the 20 s of calls and the 5 s they may wait: 500 and its
+    // burst of 20.
+    let capacity = 520.0;
+    for senders in [1, 4] {
+        let sent = fleet(senders).await;
+        let context = format!("{senders} senders: {sent:?}");
+        assert!(sent.requests as f64 <= 1.3 * capacity, "{context}");
+        assert!(sent.accepted as f64 >= 0.9 * capacity, "{context}");
+        let even = sent.accepted as f64 / senders as f64;
+        assert!(
+            sent.by_sender.iter().all(|&n| n as f64 >= 0.5 * even),
+            "{context}"
+        );
+    }
 }

@@ -454,10 +454,10 @@ impl<U: Upstream> ChimeGateway<U> {
         self.metrics.budget_balance(self.budget.balance());
     }
 
-    /// Lets the send rate learn from an upstream answer's HTTP status.
-    fn answered(&self, http_status: Option<u16>) {
+    /// Lets the send rate learn from the HTTP status of an answer to a request sent at `sent`.
+    fn answered(&self, http_status: Option<u16>, sent: Instant) {
         if let Some(status) = http_status {
-            self.metrics.send_rate(self.limiter.record(status == 429));
+            self.metrics.send_rate(self.limiter.record(status == 429, sent));
         }
     }
 
@@ -475,6 +475,7 @@ impl<U: Upstream> ChimeGateway<U> {
             attempt = n,
         );
         // Boxed, so a call that waits for a connection holds a small future, not the SDK's.
+        let sent_at = Instant::now();
         let sent = Box::pin(self.upstream.create_user(input).instrument(span));
         let result = timeout(self.policy.upstream_timeout, sent)
             .await
@@ -483,7 +484,7 @@ impl<U: Upstream> ChimeGateway<U> {
             Ok(_) => Some(201),
             Err(error) => error.http_status(),
         };
-        self.answered(http_status);
+        self.answered(http_status, sent_at);
         meter.finish(http_status);
         result
     }
@@ -510,7 +511,8 @@ impl<U: Upstream> ChimeGateway<U> {
                 budget_exhausted: false,
             };
         }
-        let limit = deadline.min(Instant::now() + self.policy.upstream_timeout);
+        let sent_at = Instant::now();
+        let limit = deadline.min(sent_at + self.policy.upstream_timeout);
         let span = tracing::info_span!("chime.reconcile", otel.kind = "client", rpc.system = "aws-api",);
         let found = Box::pin(
             self.upstream
@@ -521,7 +523,7 @@ impl<U: Upstream> ChimeGateway<U> {
             Ok(Ok(Some(found))) => (Lookup::Found(Box::new(found)), "found"),
             Ok(Ok(None)) => (Lookup::Missing(Reconciliation::NotFound), "not_found"),
             Ok(Err(error)) => {
-                self.answered(error.http_status());
+                self.answered(error.http_status(), sent_at);
                 (Lookup::Missing(Reconciliation::Failed), "failed")
             }
             Err(_) => (Lookup::Missing(Reconciliation::Failed), "failed"),
@@ -530,7 +532,7 @@ impl<U: Upstream> ChimeGateway<U> {
             lookup,
             Lookup::Found(_) | Lookup::Missing(Reconciliation::NotFound)
         ) {
-            self.answered(Some(200));
+            self.answered(Some(200), sent_at);
         }
         self.metrics.reconciled(outcome);
         lookup
