@@ -10,7 +10,8 @@
 //! 5. `overload`: 10x the gateway's concurrency limit against a slow emulator;
 //! 6. `in-flight-1000`: 1,000 calls held in flight by a slow emulator, with the default
 //!    `--upstream-max-connections` and then with others (the memory/throughput trade-off);
-//! 7. `gateway-request-id`: 2 with a new request id on every call (the ledger's cost per call);
+//! 7. `gateway-request-id`: 2 with a new request id on every call (the ledger's cost per call),
+//!    and `gateway-unprotected`: 2 with the retry budget and send rate off (what they cost);
 //! 8. `ledger-*`: RSS after as many calls as fill the request-id memory at its default capacity,
 //!    with request ids and without (the memory a full ledger adds);
 //! 9. `*-workers-N`, `*-threads-N`: at the low rate, the gateway with `--worker-threads N` and the
@@ -156,6 +157,7 @@ async fn suite() {
     let ids_fn = grpc_call(grpc_client(&gateway.addr).await, Ids::With);
     let (run, cpu) = with_cpu(Some(gateway.pid()), closed_loop(concurrency, seconds, ids_fn)).await;
     report.push(Scenario::new("gateway-request-id", &label, run).cpu(cpu));
+    unprotected(&emulator.addr, concurrency, seconds, &label, &mut report).await;
 
     let bare = procs::bare_server().await;
     let bare_fn = grpc_call(grpc_client(&bare.addr).await, Ids::Without);
@@ -337,6 +339,23 @@ async fn in_flight(emulator: &str, seconds: Duration, connections: Option<usize>
     let (run, cpu) = with_cpu(Some(pid), closed_loop(1000, seconds, call)).await;
     let peak = sampler.await.unwrap();
     report.push(Scenario::new(&name, &label, run).cpu(cpu).rss(peak));
+}
+
+/// `gateway-unprotected`: `gateway` with the retry budget and the send rate off, in a process
+/// of its own: what the protections cost per call when nothing fails.
+async fn unprotected(
+    emulator: &str,
+    concurrency: usize,
+    seconds: Duration,
+    label: &str,
+    report: &mut Report,
+) {
+    let off = ["--retry-budget-tokens", "off", "--upstream-rate", "off"];
+    let (gateway, _) = procs::gateway(emulator, &off).await;
+    let call = grpc_call(grpc_client(&gateway.addr).await, Ids::Without);
+    closed_loop(concurrency, Duration::from_millis(500), call.clone()).await;
+    let (run, cpu) = with_cpu(Some(gateway.pid()), closed_loop(concurrency, seconds, call)).await;
+    report.push(Scenario::new("gateway-unprotected", label, run).cpu(cpu));
 }
 
 /// `--serve-bare ADDR`: a tonic server that answers every CreateUser with the same user.

@@ -47,8 +47,14 @@ fn clean(bin: &str) -> Command {
 
 /// The standalone emulator, in its own process.
 pub async fn emulator() -> Proc {
+    emulator_with(&[]).await
+}
+
+/// The standalone emulator with more `CHIME_EMULATOR_*` settings.
+pub async fn emulator_with(settings: &[(&str, &str)]) -> Proc {
     let mut child = clean(EMULATOR)
         .env("CHIME_EMULATOR_LISTEN", "127.0.0.1:0")
+        .envs(settings.iter().copied())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -188,11 +194,21 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
 
 /// Scripts the emulator over its admin API.
 pub async fn inject(emulator_url: &str, fault_json: &str) {
-    use http_body_util::Full;
+    let (status, _) = admin(emulator_url, http::Method::POST, "faults", fault_json).await;
+    assert_eq!(status, 204);
+}
+
+/// One call of the emulator's admin API (`/_emulator/PATH`): the status and the body.
+pub async fn admin(emulator_url: &str, method: http::Method, path: &str, body: &str) -> (u16, bytes::Bytes) {
+    use http_body_util::{BodyExt, Full};
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<bytes::Bytes>>();
-    let request = http::Request::post(format!("{emulator_url}/_emulator/faults"))
-        .body(Full::new(bytes::Bytes::from(fault_json.to_owned())))
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("{emulator_url}/_emulator/{path}"))
+        .body(Full::new(bytes::Bytes::from(body.to_owned())))
         .unwrap();
-    assert_eq!(client.request(request).await.unwrap().status(), 204);
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.into_body().collect().await.unwrap().to_bytes())
 }
