@@ -125,6 +125,11 @@ def kubernetes():
           and sc.get("capabilities", {}).get("drop") == ["ALL"], "gateway securityContext is hardened")
     check(pod["securityContext"].get("runAsNonRoot") is True, "pod runs as non-root")
     check("limits" in sidecar["resources"] and "requests" in sidecar["resources"], "gateway has requests and limits")
+    state = env.get("CHIME_GATEWAY_STATE_DIR", "")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounted = {m["mountPath"]: m["name"] for m in sidecar.get("volumeMounts", [])}
+    check(bool(state) and "emptyDir" in volumes.get(mounted.get(state, ""), {}),
+          "--state-dir is an emptyDir the gateway mounts (request ids in doubt outlive a container restart)")
     grace = int(re.fullmatch(r"(\d+)s", env.get("CHIME_GATEWAY_SHUTDOWN_GRACE", "20s")).group(1))
     check(pod["terminationGracePeriodSeconds"] > grace, "terminationGracePeriodSeconds exceeds --shutdown-grace")
     sa = next(d for d in docs if d["kind"] == "ServiceAccount")

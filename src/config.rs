@@ -53,6 +53,8 @@ pub const ENV_IDEMPOTENCY_TTL: &str = "CHIME_GATEWAY_IDEMPOTENCY_TTL";
 pub const ENV_IDEMPOTENCY_CAPACITY: &str = "CHIME_GATEWAY_IDEMPOTENCY_CAPACITY";
 /// Env var for `--reconcile`.
 pub const ENV_RECONCILE: &str = "CHIME_GATEWAY_RECONCILE";
+/// Env var for `--state-dir`.
+pub const ENV_STATE_DIR: &str = "CHIME_GATEWAY_STATE_DIR";
 /// Env var for `--retry-budget-tokens`.
 pub const ENV_RETRY_BUDGET_TOKENS: &str = "CHIME_GATEWAY_RETRY_BUDGET_TOKENS";
 /// Env var for `--retry-budget-retry-cost`.
@@ -159,6 +161,12 @@ pub struct Config {
     #[arg(long, env = ENV_RECONCILE, value_parser = BoolishValueParser::new(), default_value = "true",
           num_args = 0..=1, default_missing_value = "true")]
     pub reconcile: bool,
+
+    /// Directory where request ids in flight are recorded before each call's first attempt, so
+    /// that a restarted gateway (after a crash or SIGKILL) still settles their retries' conflicts
+    /// by a lookup. Unset: memory only. In Kubernetes, an emptyDir (it outlives container restarts).
+    #[arg(long, env = ENV_STATE_DIR)]
+    pub state_dir: Option<PathBuf>,
 
     /// Tokens of the retry budget, shared by every call of this process: each retry and each
     /// lookup after an unknown outcome takes some; a create that succeeds puts some back. Empty:
@@ -358,6 +366,9 @@ mod tests {
         assert!(c.reconcile);
         assert_eq!(c.retry_budget(), Some(BudgetConfig::default()));
         assert_eq!(c.upstream_rate, SendRate::Adaptive);
+        assert_eq!(c.state_dir, None);
+        let c = parse(&["--state-dir", "/var/lib/chime-gateway"]).unwrap();
+        assert_eq!(c.state_dir, Some(PathBuf::from("/var/lib/chime-gateway")));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use chime_gateway::{
     chime::{self, SdkUpstream},
     config::{self, Config, ListenAddr},
     emulator::{self, Emulator, EmulatorConfig},
+    idempotency::{Journal, Recovered},
     listeners::{self, Bound},
     server::{self, ServeOptions},
     service::{Backoff, CallPolicy, ChimeGateway},
@@ -52,6 +53,19 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
+    // So is opening the request-id journal: an unusable --state-dir stops the start here.
+    let journal = match &config.state_dir {
+        Some(dir) => {
+            let capacity = usize::try_from(config.idempotency_capacity).unwrap_or(usize::MAX);
+            match Journal::open(dir, config.idempotency_ttl, capacity) {
+                Ok(opened) => Some(opened),
+                Err(e) => {
+                    return config_error(&format!("--state-dir {}: {e}", dir.display()));
+                }
+            }
+        }
+        None => None,
+    };
     let (workers, why) = worker_threads(config.worker_threads);
     let runtime = match runtime(workers) {
         Ok(runtime) => runtime,
@@ -65,7 +79,7 @@ fn main() -> ExitCode {
         let bound = listeners::bind(&config).map_err(Failure::Config)?;
         let telemetry = telemetry::init(config.log_format).map_err(anyhow::Error::from)?;
         tracing::info!(worker_threads = workers, why = %why, "runtime started");
-        let served = serve(config, tls, bound).await;
+        let served = serve(config, tls, bound, journal).await;
         telemetry.shutdown();
         served
     });
@@ -113,7 +127,12 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-async fn serve(config: Config, tls: Option<ServerTlsConfig>, bound: Bound) -> Result<(), Failure> {
+async fn serve(
+    config: Config,
+    tls: Option<ServerTlsConfig>,
+    bound: Bound,
+    journal: Option<(Journal, Recovered)>,
+) -> Result<(), Failure> {
     let Bound {
         api,
         api_addr,
@@ -159,6 +178,13 @@ async fn serve(config: Config, tls: Option<ServerTlsConfig>, bound: Bound) -> Re
         .with_idempotency(config.idempotency_ttl, config.idempotency_capacity)
         .with_retry_budget(config.retry_budget())
         .with_send_rate(config.upstream_rate);
+    let gateway = match journal {
+        Some((journal, recovered)) => {
+            log_recovered(&recovered);
+            gateway.with_journal(journal, &recovered)
+        }
+        None => gateway,
+    };
     let shutdown =
         server::shutdown_signal().map_err(|e| anyhow::anyhow!("cannot install the signal handlers: {e}"))?;
     println!("chime-gateway: serving chime.v1.ChimeService on {api_addr}");
@@ -182,6 +208,26 @@ async fn serve(config: Config, tls: Option<ServerTlsConfig>, bound: Bound) -> Re
     // The socket file goes with the server, before the process reports its exit.
     drop(socket);
     served.map_err(|e| Failure::Other(e.into()))
+}
+
+/// What the request-id journal gave back at start.
+fn log_recovered(r: &Recovered) {
+    let in_doubt = r.in_doubt.len();
+    if r.damaged_bytes > 0 {
+        tracing::warn!(
+            in_doubt,
+            records = r.records,
+            damaged_bytes = r.damaged_bytes,
+            "--state-dir: the request-id journal was read up to damage (a write cut short?); the rest is lost"
+        );
+    } else {
+        tracing::info!(
+            in_doubt,
+            records = r.records,
+            expired = r.expired,
+            "--state-dir: request ids in doubt recovered"
+        );
+    }
 }
 
 /// A ready-to-paste grpcurl call for `--emulate`.

@@ -27,7 +27,7 @@ pub use crate::retry::Backoff;
 use crate::{
     chime::{Created, Found, Upstream},
     error::{self, CallError, ErrorResponse, REQUEST_ID_KEY, Reconciliation, UpstreamError},
-    idempotency::{Doubt, Ending, Fingerprint, Footprint, Key, Ledger, Outcome},
+    idempotency::{Doubt, Ending, Fingerprint, Footprint, Journal, Key, Ledger, Outcome, Recovered},
     metrics::{Metrics, SlotWaitingGuard, WaitingGuard, code_name},
     pb::chime::v1::{CreateUserRequest, CreateUserResponse, chime_service_server::ChimeService},
     retry::{BudgetConfig, Extra, NoSlot, RetryBudget, SendLimiter, SendRate, Withdrawal},
@@ -40,10 +40,18 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// details) reaches the caller, and tonic's transport timeout (which answers CANCELLED) never
 /// fires first.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+/// A call waits for a send slot only if the slot comes this long before its deadline: time for
+/// the request to be answered.
+pub const SEND_MARGIN: Duration = Duration::from_millis(25);
 /// Response metadata set when the answer is an earlier call's, for the same request id.
 pub const REPLAYED_KEY: &str = "x-chime-gateway-replayed";
 /// Response metadata set when the user was found by a lookup after an unknown outcome.
 pub const RECONCILED_KEY: &str = "x-chime-gateway-reconciled";
+/// Request metadata a caller sets (to 1 or more) on a retry of a call with the same request id,
+/// so that a gateway that never saw the first call still settles a conflict by a lookup.
+pub const PREVIOUS_ATTEMPTS_KEY: &str = "x-chime-gateway-previous-attempts";
+/// gRPC's own header for the same, set by the client library's retry policy.
+pub const GRPC_PREVIOUS_ATTEMPTS_KEY: &str = "grpc-previous-rpc-attempts";
 /// How long a request id's outcome is kept by default.
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(15 * 60);
 /// How many outcomes are kept by default: a full ledger adds at most 16 MiB (BENCHMARKS.md).
@@ -242,6 +250,13 @@ impl<U: Upstream> ChimeGateway<U> {
         self
     }
 
+    /// Writes the request ids in doubt to `journal` (`--state-dir`), starting from those it
+    /// recovered: call after [`ChimeGateway::with_idempotency`].
+    pub fn with_journal(mut self, journal: Journal, recovered: &Recovered) -> Self {
+        self.ledger.attach_journal(journal, &recovered.in_doubt);
+        self
+    }
+
     /// The metrics this gateway records into, for the server's layer and the metrics port.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
@@ -252,7 +267,7 @@ impl<U: Upstream> ChimeGateway<U> {
         Canceller(self.cancel.clone())
     }
 
-    async fn handle(&self, request: CreateUserRequest, deadline: Instant) -> Answered {
+    async fn handle(&self, request: CreateUserRequest, deadline: Instant, retry: bool) -> Answered {
         let answer = |result: Result<Success, CallError>, attempts| Answered {
             result: result.map_err(Arc::new),
             attempts,
@@ -273,7 +288,7 @@ impl<U: Upstream> ChimeGateway<U> {
         };
         let key = Key::new(&request.account_id, id);
         let fingerprint = Fingerprint::of(&request);
-        let run = self.ledger.run(key, fingerprint, |doubt| async {
+        let run = self.ledger.run(key, fingerprint, retry, |doubt| async {
             let attempted = self.attempt_all(request, deadline, doubt, &attempts).await;
             ending(attempted)
         });
@@ -418,6 +433,8 @@ impl<U: Upstream> ChimeGateway<U> {
 
     /// Waits for a send slot (`--upstream-rate`), if it comes before `deadline`.
     async fn send_slot(&self, deadline: Instant) -> Result<(), NoSlot> {
+        // A request sent in the call's last moments could not be answered in time.
+        let deadline = deadline.checked_sub(SEND_MARGIN).unwrap_or(deadline);
         let slot = match self.limiter.acquire(deadline) {
             Ok(None) => return Ok(()),
             Ok(Some(slot)) => slot,
@@ -574,9 +591,10 @@ impl<U: Upstream> ChimeGateway<U> {
     ) -> Result<Response<CreateUserResponse>, Status> {
         let budget = caller_timeout(request.metadata()).unwrap_or(self.policy.default_deadline);
         let deadline = started + budget.saturating_sub(DEADLINE_MARGIN);
+        let retry = declared_retry(request.metadata());
         let mut cancelled = self.cancel.subscribe();
         let answered = tokio::select! {
-            answered = self.handle(request.into_inner(), deadline) => answered,
+            answered = self.handle(request.into_inner(), deadline, retry) => answered,
             _ = cancelled.wait_for(|c| *c) => Answered {
                 result: Err(Arc::new(CallError::ShuttingDown)),
                 attempts: 0,
@@ -715,6 +733,21 @@ fn log_call(answered: &Answered, latency: Duration) {
             );
         }
     }
+}
+
+/// Whether the caller says this call retries an earlier one: gRPC's own
+/// `grpc-previous-rpc-attempts` (set by the retry policies of grpc-go and grpc-java), or
+/// [`PREVIOUS_ATTEMPTS_KEY`] for libraries that do not let a caller set `grpc-` headers.
+pub fn declared_retry(metadata: &MetadataMap) -> bool {
+    [GRPC_PREVIOUS_ATTEMPTS_KEY, PREVIOUS_ATTEMPTS_KEY]
+        .iter()
+        .any(|key| {
+            metadata
+                .get(*key)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .is_some_and(|n| n >= 1)
+        })
 }
 
 /// The caller's `grpc-timeout`, per the gRPC HTTP/2 protocol (`<up to 8 digits><H|M|S|m|u|n>`).

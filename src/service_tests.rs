@@ -710,3 +710,6 @@ fn the_call_line_says_what_the_upstream_did() {
 
 #[path = "service_protection_tests.rs"]
 mod protection;
+
+#[path = "service_restart_tests.rs"]
+mod restart;

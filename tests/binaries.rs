@@ -50,6 +50,10 @@ async fn invalid_configuration_exits_64_with_one_line() {
         (&["--health-listen", "nowhere"], None),
         (&[], Some(("CHIME_GATEWAY_IDEMPOTENCY_CAPACITY", "0"))),
         (&[], Some(("CHIME_GATEWAY_RECONCILE", "maybe"))),
+        (&["--retry-budget-tokens", "lots"], None),
+        (&[], Some(("CHIME_GATEWAY_RETRY_BUDGET_RETRY_COST", "0"))),
+        (&[], Some(("CHIME_GATEWAY_UPSTREAM_RATE", "fast"))),
+        (&["--upstream-rate", "0.1"], None),
     ] {
         let mut cmd = command(GATEWAY);
         cmd.args(args);
@@ -90,6 +94,12 @@ async fn help_exits_0_and_names_every_setting() {
         "CHIME_GATEWAY_IDEMPOTENCY_TTL",
         "CHIME_GATEWAY_IDEMPOTENCY_CAPACITY",
         "CHIME_GATEWAY_RECONCILE",
+        "CHIME_GATEWAY_STATE_DIR",
+        "CHIME_GATEWAY_RETRY_BUDGET_TOKENS",
+        "CHIME_GATEWAY_RETRY_BUDGET_RETRY_COST",
+        "CHIME_GATEWAY_RETRY_BUDGET_LOOKUP_COST",
+        "CHIME_GATEWAY_RETRY_BUDGET_REFILL",
+        "CHIME_GATEWAY_UPSTREAM_RATE",
     ] {
         assert!(help.contains(name), "{name}");
     }
@@ -251,6 +261,22 @@ async fn json_logs_have_one_object_per_call_with_its_outcome() {
     assert_eq!(repeat["replayed"], true);
     assert_eq!(repeat["attempts"], 0, "the repeat called nothing");
     assert_eq!(repeat["aws_request_id"], call["aws_request_id"]);
+}
+
+#[tokio::test]
+async fn an_unusable_state_dir_exits_64_naming_it_before_binding() {
+    let file = std::env::temp_dir().join(format!("chime-not-a-dir-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&file, b"a file, not a directory").unwrap();
+    let out = command(GATEWAY)
+        .args(["--state-dir", file.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("chime-gateway: --state-dir "), "{stderr}");
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -84,10 +85,16 @@ func readRichError(err error) richError {
 }
 
 // createUser calls CreateUser with a deadline and returns the answer with its initial metadata.
-func createUser(client chimev1.ChimeServiceClient, req *chimev1.CreateUserRequest) (*chimev1.CreateUserResponse, metadata.MD, error) {
+func createUser(client chimev1.ChimeServiceClient, req *chimev1.CreateUserRequest, previousAttempts int) (*chimev1.CreateUserResponse, metadata.MD, error) {
 	// Always set a deadline: the gateway bounds its upstream attempts by it.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if previousAttempts > 0 {
+		// A retry says so, so that a gateway that never saw the first call (restarted, or
+		// another pod's) still settles a conflict by looking the user up. grpc-go's own retry
+		// policy sends grpc-previous-rpc-attempts, which the gateway reads too.
+		ctx = metadata.AppendToOutgoingContext(ctx, "x-chime-gateway-previous-attempts", strconv.Itoa(previousAttempts))
+	}
 	var header metadata.MD
 	resp, err := client.CreateUser(ctx, req, grpc.Header(&header))
 	return resp, header, err
@@ -133,7 +140,7 @@ func main() {
 		RequestId: newUUID(),
 	}
 
-	resp, header, err := createUser(client, request)
+	resp, header, err := createUser(client, request, 0)
 	if err != nil {
 		log.Fatalf("CreateUser: %v", err)
 	}
@@ -143,7 +150,7 @@ func main() {
 	check(user.GetPrimaryEmail() == email && user.GetUserId() != "", "unexpected user %v", user)
 
 	// A retry with the same request id (after a timeout, say) gets the same user, not a conflict.
-	again, header, err := createUser(client, request)
+	again, header, err := createUser(client, request, 1)
 	if err != nil {
 		log.Fatalf("CreateUser (retry): %v", err)
 	}
@@ -154,7 +161,7 @@ func main() {
 
 	// Another create of the same email: ALREADY_EXISTS, with ErrorInfo (reason CONFLICT).
 	duplicate := &chimev1.CreateUserRequest{AccountId: *account, Email: &email, RequestId: newUUID()}
-	_, _, err = createUser(client, duplicate)
+	_, _, err = createUser(client, duplicate, 0)
 	check(err != nil, "expected ALREADY_EXISTS for a duplicate email")
 	details := readRichError(err)
 	info := details.ErrorInfo

@@ -43,11 +43,15 @@ function richError(err) {
   return found;
 }
 
-function createUser(client, request) {
+function createUser(client, request, previousAttempts = 0) {
   // Always set a deadline: the gateway bounds its upstream attempts by it.
   const deadline = new Date(Date.now() + 5000);
+  // A retry says so, so that a gateway that never saw the first call (restarted, or another
+  // pod's) still settles a conflict by looking the user up.
+  const metadata = new grpc.Metadata();
+  if (previousAttempts > 0) metadata.set('x-chime-gateway-previous-attempts', String(previousAttempts));
   return new Promise((resolve, reject) => {
-    const call = client.CreateUser(request, { deadline }, (err, response) => {
+    const call = client.CreateUser(request, metadata, { deadline }, (err, response) => {
       if (err) reject(err);
       else resolve({ response, requestId: call.requestId, replayed: call.replayed });
     });
@@ -73,7 +77,7 @@ async function main() {
   assert.strictEqual(user.primary_email, email);
 
   // A retry with the same request id (after a timeout, say) gets the same user, not a conflict.
-  const again = await createUser(client, request);
+  const again = await createUser(client, request, 1);
   console.log(`retried: ${again.response.user.user_id}, replayed=${again.replayed}`);
   assert.strictEqual(again.response.user.user_id, user.user_id);
   assert.strictEqual(again.replayed, true);

@@ -81,7 +81,10 @@ def main():
         assert user.primary_email == email and user.user_id, user
 
         # A retry with the same request id (after a timeout, say) gets the same user, not a conflict.
-        again, call = client.CreateUser.with_call(request, timeout=5.0)
+        # It says it is a retry, so that a gateway that never saw the first call (restarted, or
+        # another pod's) still settles a conflict by looking the user up.
+        retry = [("x-chime-gateway-previous-attempts", "1")]
+        again, call = client.CreateUser.with_call(request, timeout=5.0, metadata=retry)
         metadata = dict(call.initial_metadata())
         print(f"retried: {again.user.user_id}, replayed={metadata.get('x-chime-gateway-replayed')}")
         assert again.user.user_id == user.user_id and metadata.get("x-chime-gateway-replayed") == "true"

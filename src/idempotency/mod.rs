@@ -12,6 +12,9 @@
 //!   create; a call that ends knowing the outcome clears it. Calls that end as expected write
 //!   nothing here, so the common path costs one map write (the kept answer).
 //!
+//! With `--state-dir`, the in-doubt markers are also written to a journal (`journal`) before each
+//! call's first attempt leaves, so that a restarted process still knows them.
+//!
 //! Owns keys, fingerprints, what is kept and for how long; knows nothing of HTTP, gRPC statuses
 //! or the upstream. Never sees an email in clear beyond hashing it.
 
@@ -26,6 +29,10 @@ use moka::future::Cache;
 use sha2::{Digest, Sha256};
 
 use crate::pb::chime::v1::CreateUserRequest;
+
+pub mod journal;
+
+pub use journal::{Journal, Recovered};
 
 /// An answer's size is charged to the capacity in units of this many bytes.
 pub const WEIGHT_UNIT: usize = 1024;
@@ -151,8 +158,11 @@ pub enum Outcome<V, E> {
 #[derive(Debug)]
 pub struct Doubt {
     mark: Option<(Marks, Key, Fingerprint)>,
+    journal: Option<Arc<Journal>>,
     in_flight: bool,
-    /// An earlier call with this request id ended without knowing whether it created the user.
+    opened: bool,
+    /// An earlier call with this request id ended without knowing whether it created the user,
+    /// or the caller says this call is a retry.
     pub before: bool,
 }
 
@@ -161,7 +171,9 @@ impl Doubt {
     pub fn none() -> Self {
         Self {
             mark: None,
+            journal: None,
             in_flight: false,
+            opened: false,
             before: false,
         }
     }
@@ -176,6 +188,15 @@ impl Doubt {
     /// [`Doubt::answered`], its request id is left in doubt.
     pub fn sent(&mut self) {
         self.in_flight = true;
+        if self.opened {
+            return;
+        }
+        self.opened = true;
+        if let (Some(journal), Some((_, key, fingerprint))) = (&self.journal, &self.mark)
+            && let Err(e) = journal.opened(*key, *fingerprint)
+        {
+            tracing::warn!(error = %e, "cannot record a request id in flight in --state-dir");
+        }
     }
 
     /// Notes that the attempt in flight came back (whatever it said).
@@ -214,6 +235,7 @@ struct Passed<E> {
 pub struct Ledger<V> {
     answers: Cache<Key, Arc<Kept<V>>, DigestHasher>,
     in_doubt: Marks,
+    journal: Option<Arc<Journal>>,
 }
 
 impl<V> std::fmt::Debug for Ledger<V> {
@@ -241,12 +263,40 @@ where
             .max_capacity(capacity)
             .time_to_live(ttl)
             .build_with_hasher(DigestHasher::default());
-        Self { answers, in_doubt }
+        Self {
+            answers,
+            in_doubt,
+            journal: None,
+        }
+    }
+
+    /// Keeps the in-doubt markers in `journal` too, starting from the keys it recovered, so that
+    /// they outlive the process.
+    pub fn attach_journal(&mut self, journal: Journal, in_doubt: &[(Key, Fingerprint)]) {
+        for (key, fingerprint) in in_doubt {
+            self.in_doubt.insert(*key, *fingerprint);
+        }
+        self.journal = Some(Arc::new(journal));
+    }
+
+    fn close(&self, key: Key) {
+        if let Some(journal) = &self.journal
+            && let Err(e) = journal.closed(key)
+        {
+            tracing::warn!(error = %e, "cannot record a request id settled in --state-dir");
+        }
     }
 
     /// Runs `call` once for `key`: a repeat gets the kept answer, a concurrent one waits for the
-    /// call in flight, and a different request under the same key runs nothing.
-    pub async fn run<E, F, Fut>(&self, key: Key, fingerprint: Fingerprint, call: F) -> Outcome<V, E>
+    /// call in flight, and a different request under the same key runs nothing. `retry`: the
+    /// caller says this call repeats one this process may not have seen, so its doubt is assumed.
+    pub async fn run<E, F, Fut>(
+        &self,
+        key: Key,
+        fingerprint: Fingerprint,
+        retry: bool,
+        call: F,
+    ) -> Outcome<V, E>
     where
         E: Send + Sync + 'static,
         F: FnOnce(Doubt) -> Fut,
@@ -260,22 +310,27 @@ where
         let mut ran = false;
         let init = async {
             ran = true;
-            let before = self.in_doubt.contains_key(&key);
+            let marked = self.in_doubt.contains_key(&key);
             let doubt = Doubt {
                 mark: Some((self.in_doubt.clone(), key, fingerprint)),
+                journal: self.journal.clone(),
                 in_flight: false,
-                before,
+                opened: false,
+                before: marked || retry,
             };
             match call(doubt).await {
                 Ending::Final(value) => {
-                    if before {
+                    if marked {
                         self.in_doubt.invalidate(&key);
                     }
+                    self.close(key);
                     Ok(Arc::new(Kept { fingerprint, value }))
                 }
                 Ending::Passing { error, in_doubt } => {
                     if in_doubt {
                         self.in_doubt.insert(key, fingerprint);
+                    } else if !marked {
+                        self.close(key);
                     }
                     let error = Arc::new(error);
                     Err(Passed { fingerprint, error })
@@ -315,5 +370,4 @@ fn weight(bytes: usize) -> u32 {
 }
 
 #[cfg(test)]
-#[path = "idempotency_tests.rs"]
 mod tests;

@@ -42,7 +42,7 @@ async fn run(
     ending: Ending<Answer, &'static str>,
 ) -> Outcome<Answer, &'static str> {
     ledger
-        .run(key, fingerprint, |_doubt| async {
+        .run(key, fingerprint, false, |_doubt| async {
             runs.fetch_add(1, Ordering::SeqCst);
             ending
         })
@@ -112,7 +112,7 @@ async fn concurrent_calls_with_one_id_run_once_and_share_even_a_passing_answer()
             let (l, runs) = (l.clone(), runs.clone());
             tokio::spawn(async move {
                 let outcome = l
-                    .run(key(1), fp("a@x.io"), |_| async {
+                    .run(key(1), fp("a@x.io"), false, |_| async {
                         runs.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         Ending::<Answer, _>::Passing {
@@ -139,7 +139,7 @@ async fn concurrent_calls_with_one_id_run_once_and_share_even_a_passing_answer()
 async fn seen_before(l: &Ledger<Answer>, ending: Ending<Answer, &'static str>) -> bool {
     let seen = AtomicU32::new(0);
     let seen_by_call = &seen;
-    l.run(key(1), fp("a@x.io"), move |mut doubt| async move {
+    l.run(key(1), fp("a@x.io"), false, move |mut doubt| async move {
         seen_by_call.store(u32::from(doubt.before), Ordering::SeqCst);
         doubt.sent();
         doubt.answered();
@@ -180,7 +180,7 @@ async fn an_unknown_outcome_leaves_the_id_in_doubt_until_an_answer_is_known() {
 #[tokio::test]
 async fn a_call_cancelled_after_sending_leaves_its_id_in_doubt() {
     let l = ledger();
-    let call = l.run(key(1), fp("a@x.io"), |mut doubt| async move {
+    let call = l.run(key(1), fp("a@x.io"), false, |mut doubt| async move {
         doubt.sent();
         std::future::pending::<Ending<Answer, &'static str>>().await
     });
@@ -291,7 +291,7 @@ async fn a_different_request_waiting_on_a_failing_call_is_reused() {
         let l = l.clone();
         tokio::spawn(async move {
             let outcome = l
-                .run(key(1), fp("a@x.io"), |_| async {
+                .run(key(1), fp("a@x.io"), false, |_| async {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     Ending::<Answer, &'static str>::Passing {
                         error: "unavailable",
