@@ -388,6 +388,65 @@ fn json_body(answer: &http::Response<wire::Body>) -> serde_json::Value {
     serde_json::from_slice(&body_bytes(answer)).expect("the emulator answers JSON")
 }
 
+/// What a client sends over the Unix socket, through the `:authority` mender (`authority`).
+///
+/// The first byte picks the size of the chunks the rest is fed in. The output is the same for any
+/// chunking; a connection the mender never took up passes through byte for byte; and while it
+/// mends, every header block it writes decodes with no dynamic table at all and carries no
+/// `:authority` h2 would refuse.
+pub fn unix_authority(data: &[u8]) {
+    use crate::authority::{Mender, acceptable};
+    let Some((&chunk, input)) = data.split_first() else {
+        return;
+    };
+    let mend = |size: usize| {
+        let mut mender = Mender::default();
+        let mut out = bytes::BytesMut::new();
+        for piece in input.chunks(size) {
+            mender.feed(piece, &mut out);
+        }
+        let mending = mender.mending();
+        mender.finish(&mut out);
+        (out, mending)
+    };
+    let (whole, mending) = mend(input.len().max(1));
+    let (chunked, _) = mend(usize::from(chunk % 32) + 1);
+    assert_eq!(whole, chunked, "the output depends on how the input was cut");
+    if !mending {
+        assert_eq!(&whole[..], input, "a connection not mended passes through");
+        return;
+    }
+    let mut decoder = loona_hpack::Decoder::new();
+    decoder.set_max_allowed_table_size(0);
+    let mut rest = whole
+        .get(24..)
+        .expect("a mended connection began with the preface");
+    let mut fragment = Vec::new();
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        let (kind, flags) = (rest[3], rest[4]);
+        let Some(payload) = rest.get(9..9 + len) else {
+            break;
+        };
+        rest = &rest[9 + len..];
+        if kind == 0x1 || kind == 0x9 {
+            let skip = if kind == 0x1 && flags & 0x20 != 0 { 5 } else { 0 };
+            assert_eq!(flags & 0x8, 0, "no padding is written");
+            fragment.extend_from_slice(&payload[skip..]);
+            if flags & 0x4 != 0 {
+                let headers = decoder
+                    .decode(&fragment)
+                    .expect("a written block decodes on its own");
+                assert!(
+                    headers.iter().all(|(n, v)| n != b":authority" || acceptable(v)),
+                    "an :authority h2 refuses was written"
+                );
+                fragment.clear();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -438,6 +497,11 @@ mod tests {
     #[test]
     fn the_emulator_request_seeds_and_regressions_hold() {
         replay("emulator_request", emulator_request);
+    }
+
+    #[test]
+    fn the_unix_authority_seeds_and_regressions_hold() {
+        replay("unix_authority", unix_authority);
     }
 
     /// HTTP requests shaped like the emulator's routes, with arbitrary pieces.

@@ -11,10 +11,12 @@
 //!   -> translate (SDK output -> proto) | error (every failure -> tonic::Status)
 //! ```
 //!
+//! `authority` mends, under h2, the `:authority` that clients send over a Unix socket;
 //! `server` assembles the tonic server (API, health, reflection) and owns the shutdown sequence;
 //! `emulator` is a Chime-compatible HTTP endpoint used by `--emulate`, by the `chime-emulator`
 //! binary and by the tests.
 
+pub mod authority;
 pub mod chime;
 pub mod codec;
 pub mod config;

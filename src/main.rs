@@ -234,8 +234,7 @@ fn log_recovered(r: &Recovered) {
 fn try_it_line(listen: &ListenAddr) -> String {
     let target = match listen {
         ListenAddr::Tcp(addr) => addr.to_string(),
-        // grpcurl sends the socket's path as the HTTP/2 :authority unless told otherwise.
-        ListenAddr::Unix(path) => format!("-unix -authority localhost {}", path.display()),
+        ListenAddr::Unix(path) => format!("-unix {}", path.display()),
     };
     format!(
         "grpcurl -plaintext -d '{{\"account_id\":\"{}\",\"email\":\"jane@example.com\",\"user_type\":\"USER_TYPE_PRIVATE_USER\",\"request_id\":\"{}\"}}' {target} chime.v1.ChimeService/CreateUser",

@@ -16,12 +16,13 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::{StreamExt, wrappers::UnixListenerStream};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 pub use crate::listeners::Listener;
 use crate::{
+    authority::Mended,
     chime::Upstream,
     message_size::MessageSizeLayer,
     metrics::{GrpcMetricsLayer, Metrics},
@@ -175,7 +176,11 @@ pub async fn run<U: Upstream>(
     };
     let server: Serving = match listener.into() {
         Listener::Tcp(l) => Box::pin(router.serve_with_incoming_shutdown(incoming(l), stop)),
-        Listener::Unix(l) => Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop)),
+        Listener::Unix(l) => {
+            // Clients that send the socket's path as :authority are served (crate::authority).
+            let incoming = UnixListenerStream::new(l).map(|accepted| accepted.map(Mended::new));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+        }
     };
     tokio::pin!(server);
     let result = tokio::select! {

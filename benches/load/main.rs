@@ -16,7 +16,8 @@
 //!    with request ids and without (the memory a full ledger adds);
 //! 9. `*-workers-N`, `*-threads-N`: at the low rate, the gateway with `--worker-threads N` and the
 //!    SDK alone on N threads, for 1, 2 and one per core;
-//! 10. `*-unix`: the bare round trip and the gateway at the low rate over a Unix socket.
+//! 10. `*-unix`: the bare round trip and the gateway at the low rate over a Unix socket, and
+//!     `mender`: what the `:authority` mender costs per call when a client sends a socket path.
 //!
 //! Settings: `BENCH_SECONDS` (per scenario, default 5), `BENCH_CONCURRENCY` (default 32).
 
@@ -268,6 +269,72 @@ async fn unix_socket(emulator: &str, seconds: Duration, report: &mut Report) {
     closed_loop(4, Duration::from_millis(300), call.clone()).await;
     let (run, cpu) = with_cpu(Some(gateway.pid()), open_loop(LOW_RATE as f64, seconds, call)).await;
     report.push(Scenario::new("gateway-low-unix", &label, run).cpu(cpu));
+    mender(200_000, report);
+}
+
+/// `mender`: the `:authority` mender alone (what a connection that sends the socket's path as
+/// `:authority` costs the gateway per call, beyond `gateway-low-unix`): a client's header block
+/// and message per call, fed through it, the CPU of this process per call.
+fn mender(calls: u64, report: &mut Report) {
+    use chime_gateway::authority::Mender;
+    let headers: Vec<(&[u8], &[u8])> = vec![
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", b"/chime.v1.ChimeService/CreateUser"),
+        (b":authority", b"/var/run/chime-gateway/grpc.sock"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+        (b"user-agent", b"grpc-python/1.85.1 grpc-c/50.0.0 (linux; chttp2)"),
+        (b"grpc-timeout", b"4999m"),
+    ];
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    };
+    let mut encoder = loona_hpack::Encoder::new();
+    let mut mender = Mender::default();
+    let mut out = bytes::BytesMut::new();
+    mender.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &mut out);
+    let message = [0u8, 0, 0, 0, 70]
+        .iter()
+        .copied()
+        .chain([b'x'; 70])
+        .collect::<Vec<_>>();
+    let calls_bytes: Vec<Vec<u8>> = (0..calls)
+        .map(|i| {
+            let stream = (2 * i + 1) as u32;
+            let block = encoder.encode(headers.iter().copied());
+            let mut bytes = frame(0x1, 0x4, stream, &block);
+            bytes.extend(frame(0x0, 0x1, stream, &message));
+            bytes
+        })
+        .collect();
+    let before = procs::cpu_time(None);
+    let started = Instant::now();
+    for bytes in &calls_bytes {
+        mender.feed(bytes, &mut out);
+        out.clear();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = (procs::cpu_time(None) - before).as_secs_f64() * 1e6 / calls as f64;
+    let run = generator::Run {
+        requests: calls,
+        seconds,
+        rps: calls as f64 / seconds,
+        p50_us: 0,
+        p90_us: 0,
+        p99_us: 0,
+        p999_us: 0,
+        max_us: 0,
+        codes: [("OK".to_owned(), calls)].into(),
+        failed_p50_us: 0,
+        failed_p99_us: 0,
+    };
+    let label = format!("{calls} header blocks with a socket path as :authority, in process");
+    report.push(Scenario::new("mender", &label, run).cpu(cpu));
 }
 
 /// Calls one fresh gateway as many times as fill the request-id memory at its default capacity

@@ -118,13 +118,8 @@ func main() {
 	account := flag.String("account", demoAccount, "the Amazon Chime account ID")
 	flag.Parse()
 
-	opts := []grpc.DialOption{grpc.WithInsecure()}
-	if strings.HasPrefix(*target, "unix:") {
-		// Over a Unix socket, name a host as the HTTP/2 :authority rather than the socket's path,
-		// which the gateway's HTTP/2 library refuses (hyperium/h2#487).
-		opts = append(opts, grpc.WithAuthority("localhost"))
-	}
-	conn, err := grpc.Dial(*target, opts...)
+	// Defaults alone, over TCP and over a Unix socket (unix:/path).
+	conn, err := grpc.Dial(*target, grpc.WithInsecure())
 	if err != nil {
 		log.Fatalf("dial %s: %v", *target, err)
 	}

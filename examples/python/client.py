@@ -62,10 +62,8 @@ def main():
     parser.add_argument("--account", default=DEMO_ACCOUNT)
     args = parser.parse_args()
     pb, rpc = load_stubs()
-    # Over a Unix socket, grpcio sends the socket's path as the HTTP/2 :authority, which the
-    # gateway's HTTP/2 library refuses (hyperium/h2#487): name a host instead, as grpc-go does.
-    options = [("grpc.default_authority", "localhost")] if args.target.startswith("unix:") else []
-    with grpc.insecure_channel(args.target, options=options) as channel:
+    # Defaults alone, over TCP and over a Unix socket (unix:/path).
+    with grpc.insecure_channel(args.target) as channel:
         client = rpc.ChimeServiceStub(channel)
         email = f"py-{uuid.uuid4().hex[:12]}@example.com"
         # A new request id per user to create, sent again unchanged with every retry of it.
