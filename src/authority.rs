@@ -81,6 +81,8 @@ pub struct Mender {
     passing: usize,
     block: Option<Block>,
     decoder: Decoder<'static>,
+    /// A header block has been re-encoded on this connection.
+    mended: bool,
 }
 
 impl Default for Mender {
@@ -93,6 +95,7 @@ impl Default for Mender {
             passing: 0,
             block: None,
             decoder,
+            mended: false,
         }
     }
 }
@@ -123,6 +126,11 @@ impl Mender {
     /// Whether the connection's header blocks are being re-encoded.
     pub fn mending(&self) -> bool {
         self.mode == Mode::Mending
+    }
+
+    /// Whether a header block of the connection has been re-encoded.
+    pub fn mended(&self) -> bool {
+        self.mended
     }
 
     /// Moves what it can from the input to `out`; false when it needs more input.
@@ -262,6 +270,7 @@ impl Mender {
         }
         headers.retain(|h| !bad(h));
         write_block(&block, &headers, out);
+        self.mended = true;
     }
 
     /// Passes what is held, and everything after, through as it came.
