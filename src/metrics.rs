@@ -307,39 +307,36 @@ impl Metrics {
     }
 }
 
-/// Counts a call waiting for an upstream connection for as long as it lives.
+/// Counts a call waiting (for an upstream connection, or for a send slot) for as long as it lives.
 #[derive(Debug)]
-pub struct WaitingGuard(Arc<Metrics>);
+pub struct WaitingGuard {
+    metrics: Arc<Metrics>,
+    gauge: fn(&Metrics) -> &Gauge,
+}
 
 impl WaitingGuard {
-    /// Counts one more waiting call.
-    pub fn new(metrics: &Arc<Metrics>) -> Self {
-        metrics.upstream_waiting.inc();
-        Self(metrics.clone())
+    /// Counts one more call waiting for an upstream connection (`chime_upstream_waiting`).
+    pub fn for_connection(metrics: &Arc<Metrics>) -> Self {
+        Self::new(metrics, |m| &m.upstream_waiting)
+    }
+
+    /// Counts one more request waiting for a send slot (`chime_gateway_send_slot_waiting`).
+    pub fn for_send_slot(metrics: &Arc<Metrics>) -> Self {
+        Self::new(metrics, |m| &m.slot_waiting)
+    }
+
+    fn new(metrics: &Arc<Metrics>, gauge: fn(&Metrics) -> &Gauge) -> Self {
+        gauge(metrics).inc();
+        Self {
+            metrics: metrics.clone(),
+            gauge,
+        }
     }
 }
 
 impl Drop for WaitingGuard {
     fn drop(&mut self) {
-        self.0.upstream_waiting.dec();
-    }
-}
-
-/// Counts an upstream request waiting for a send slot for as long as it lives.
-#[derive(Debug)]
-pub struct SlotWaitingGuard(Arc<Metrics>);
-
-impl SlotWaitingGuard {
-    /// Counts one more waiting request.
-    pub fn new(metrics: &Arc<Metrics>) -> Self {
-        metrics.slot_waiting.inc();
-        Self(metrics.clone())
-    }
-}
-
-impl Drop for SlotWaitingGuard {
-    fn drop(&mut self) {
-        self.0.slot_waiting.dec();
+        (self.gauge)(&self.metrics).dec();
     }
 }
 
@@ -731,7 +728,7 @@ mod tests {
         m.budget_balance(Some(95));
         m.slot_refused();
         m.send_rate(Some(12.5));
-        let waiting = SlotWaitingGuard::new(&m);
+        let waiting = WaitingGuard::for_send_slot(&m);
         let text = m.encode();
         for line in [
             "chime_gateway_retry_budget_refusals_total{kind=\"lookup\"} 1",

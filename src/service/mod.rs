@@ -5,6 +5,10 @@
 //! reconciliation) and the one log line per call. Whether and when another request may go
 //! upstream (backoff, the retry budget, the send rate) is `retry`'s arithmetic; what a request id
 //! keeps lives in `idempotency`, conversions in `translate`, status mapping in `error`.
+//!
+//! Here the call's flow (`handle`, `attempt_all`); beside it `upstream` (each upstream request:
+//! send slot, budget, metering), `answer` (what a call answers and what a request id keeps),
+//! `metadata` (deadline and declared retries read from the call) and `call_log`.
 
 use std::{
     sync::{
@@ -16,21 +20,18 @@ use std::{
 
 use tokio::{
     sync::{Semaphore, watch},
-    time::{Instant, sleep, timeout, timeout_at},
+    time::{Instant, sleep, timeout_at},
 };
-use tonic::{
-    Request, Response, Status,
-    metadata::{MetadataMap, MetadataValue},
-};
+use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 pub use crate::retry::Backoff;
 use crate::{
-    chime::{Created, Found, Upstream},
-    error::{self, CallError, ErrorResponse, REQUEST_ID_KEY, Reconciliation, UpstreamError},
-    idempotency::{Doubt, Ending, Fingerprint, Footprint, Journal, Key, Ledger, Outcome, Recovered},
-    metrics::{Metrics, SlotWaitingGuard, WaitingGuard, code_name},
+    chime::{Found, Upstream},
+    error::{self, CallError, REQUEST_ID_KEY, Reconciliation, UpstreamError},
+    idempotency::{Doubt, Fingerprint, Journal, Key, Ledger, Outcome, Recovered},
+    metrics::{Metrics, WaitingGuard},
     pb::chime::v1::{CreateUserRequest, CreateUserResponse, chime_service_server::ChimeService},
-    retry::{BudgetConfig, Extra, NoSlot, RetryBudget, SendLimiter, SendRate, Withdrawal},
+    retry::{BudgetConfig, Extra, RetryBudget, SendLimiter, SendRate, Withdrawal},
     telemetry, translate, validate,
 };
 use tracing::Instrument;
@@ -70,61 +71,6 @@ pub struct CallPolicy {
     pub backoff: Backoff,
     /// Look the user up by email when an attempt's outcome is unknown.
     pub reconcile: bool,
-}
-
-/// A user to answer with.
-#[derive(Debug, Clone)]
-pub struct Success {
-    /// The response message.
-    pub response: CreateUserResponse,
-    /// The upstream's `x-amzn-RequestId` of the answer that carried the user.
-    pub request_id: Option<String>,
-    /// The user was found by a lookup after an unknown outcome, not in a create's answer.
-    pub reconciled: bool,
-}
-
-impl Success {
-    fn created(created: Created) -> Self {
-        Self {
-            response: translate::from_output(created.output),
-            request_id: created.request_id,
-            reconciled: false,
-        }
-    }
-
-    fn reconciled(found: Found) -> Self {
-        Self {
-            response: CreateUserResponse {
-                user: Some(translate::user(found.user)),
-            },
-            request_id: found.request_id,
-            reconciled: true,
-        }
-    }
-}
-
-/// An upstream refusal no retry can change, kept for a request id's repeats.
-#[derive(Debug, Clone)]
-pub struct Refused {
-    response: ErrorResponse,
-    attempts: u32,
-}
-
-/// What a request id keeps: the user, or the final refusal.
-pub type Kept = Result<Success, Refused>;
-
-impl Footprint for Kept {
-    fn footprint(&self) -> usize {
-        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-        let size = std::mem::size_of::<Self>();
-        match self {
-            Ok(s) => size + prost::Message::encoded_len(&s.response) * 2 + text(&s.request_id),
-            Err(r) => {
-                let e = &r.response;
-                size + text(&e.error_type) + text(&e.code) + text(&e.message) + text(&e.request_id)
-            }
-        }
-    }
 }
 
 /// One call's answer, as the log line, the metrics and the response need it.
@@ -335,7 +281,7 @@ impl<U: Upstream> ChimeGateway<U> {
                     });
                 }
                 waiting = true;
-                let queued = WaitingGuard::new(&self.metrics);
+                let queued = WaitingGuard::for_connection(&self.metrics);
                 let connection = self.connections.acquire().await.expect("never closed");
                 drop(queued);
                 waiting = false;
@@ -431,159 +377,6 @@ impl<U: Upstream> ChimeGateway<U> {
         }
     }
 
-    /// Waits for a send slot (`--upstream-rate`), if it comes before `deadline`.
-    async fn send_slot(&self, deadline: Instant) -> Result<(), NoSlot> {
-        // A request sent in the call's last moments could not be answered in time.
-        let deadline = deadline.checked_sub(SEND_MARGIN).unwrap_or(deadline);
-        let slot = match self.limiter.acquire(deadline) {
-            Ok(None) => return Ok(()),
-            Ok(Some(slot)) => slot,
-            Err(no_slot) => {
-                self.metrics.slot_refused();
-                return Err(no_slot);
-            }
-        };
-        let _waiting = SlotWaitingGuard::new(&self.metrics);
-        let waited = self.limiter.wait(slot, deadline).await;
-        if waited.is_err() {
-            self.metrics.slot_refused();
-        }
-        waited
-    }
-
-    /// Takes the retry budget's tokens for one more request, counting a refusal.
-    fn withdraw(&self, extra: Extra) -> Option<Withdrawal> {
-        let withdrawal = self.budget.withdraw(extra);
-        if withdrawal.is_none() {
-            self.metrics.budget_refused(extra.as_str());
-        }
-        self.metrics.budget_balance(self.budget.balance());
-        withdrawal
-    }
-
-    fn refund(&self, withdrawal: Withdrawal) {
-        self.budget.refund(withdrawal);
-        self.metrics.budget_balance(self.budget.balance());
-    }
-
-    fn succeeded(&self, retry: Option<Withdrawal>) {
-        self.budget.succeeded(retry);
-        self.metrics.budget_balance(self.budget.balance());
-    }
-
-    /// Lets the send rate learn from the HTTP status of an answer to a request sent at `sent`.
-    fn answered(&self, http_status: Option<u16>, sent: Instant) {
-        if let Some(status) = http_status {
-            self.metrics.send_rate(self.limiter.record(status == 429, sent));
-        }
-    }
-
-    /// One upstream CreateUser attempt, bounded by `--upstream-timeout`, metered and traced.
-    async fn attempt(
-        &self,
-        input: aws_sdk_chime::operation::create_user::CreateUserInput,
-        n: u32,
-    ) -> Result<Created, UpstreamError> {
-        let meter = self.metrics.upstream_started(n > 1);
-        let span = tracing::info_span!(
-            "chime.upstream_attempt",
-            otel.kind = "client",
-            rpc.system = "aws-api",
-            attempt = n,
-        );
-        // Boxed, so a call that waits for a connection holds a small future, not the SDK's.
-        let sent_at = Instant::now();
-        let sent = Box::pin(self.upstream.create_user(input).instrument(span));
-        let result = timeout(self.policy.upstream_timeout, sent)
-            .await
-            .unwrap_or(Err(UpstreamError::AttemptTimeout));
-        let http_status = match &result {
-            Ok(_) => Some(201),
-            Err(error) => error.http_status(),
-        };
-        self.answered(http_status, sent_at);
-        meter.finish(http_status);
-        result
-    }
-
-    /// Asks the upstream whether the user exists, within the attempt timeout and the deadline,
-    /// when the retry budget (unless the lookup is `owed`) and the send rate allow one more
-    /// request.
-    async fn look_up(&self, account_id: &str, email: &str, deadline: Instant, owed: bool) -> Lookup {
-        let withdrawal = if owed {
-            None
-        } else {
-            let Some(withdrawal) = self.withdraw(Extra::Lookup) else {
-                return Lookup::Refused {
-                    budget_exhausted: true,
-                };
-            };
-            Some(withdrawal)
-        };
-        if self.send_slot(deadline).await.is_err() {
-            if let Some(withdrawal) = withdrawal {
-                self.refund(withdrawal);
-            }
-            return Lookup::Refused {
-                budget_exhausted: false,
-            };
-        }
-        let sent_at = Instant::now();
-        let limit = deadline.min(sent_at + self.policy.upstream_timeout);
-        let span = tracing::info_span!("chime.reconcile", otel.kind = "client", rpc.system = "aws-api",);
-        let found = Box::pin(
-            self.upstream
-                .find_user_by_email(account_id, email)
-                .instrument(span),
-        );
-        let (lookup, outcome) = match timeout_at(limit, found).await {
-            Ok(Ok(Some(found))) => (Lookup::Found(Box::new(found)), "found"),
-            Ok(Ok(None)) => (Lookup::Missing(Reconciliation::NotFound), "not_found"),
-            Ok(Err(error)) => {
-                self.answered(error.http_status(), sent_at);
-                (Lookup::Missing(Reconciliation::Failed), "failed")
-            }
-            Err(_) => (Lookup::Missing(Reconciliation::Failed), "failed"),
-        };
-        if matches!(
-            lookup,
-            Lookup::Found(_) | Lookup::Missing(Reconciliation::NotFound)
-        ) {
-            self.answered(Some(200), sent_at);
-        }
-        self.metrics.reconciled(outcome);
-        lookup
-    }
-
-    /// The wait before another attempt, when the contract allows one and it fits the deadline.
-    fn retry_wait(&self, error: &UpstreamError, attempts: u32, deadline: Instant) -> Option<Duration> {
-        if !error::rule(error).retryable {
-            return None;
-        }
-        let retry_after = match error {
-            UpstreamError::Response(r) => r.retry_after,
-            _ => None,
-        };
-        self.another_attempt(attempts, retry_after, deadline)
-    }
-
-    /// The wait before attempt `attempts + 1`, when `AWS_MAX_ATTEMPTS` and the deadline allow it.
-    fn another_attempt(
-        &self,
-        attempts: u32,
-        retry_after: Option<Duration>,
-        deadline: Instant,
-    ) -> Option<Duration> {
-        if attempts >= self.policy.max_attempts {
-            return None;
-        }
-        let wait = self.policy.backoff.delay(attempts, retry_after);
-        Instant::now()
-            .checked_add(wait)
-            .is_some_and(|at| at < deadline)
-            .then_some(wait)
-    }
-
     async fn create_user_in(
         &self,
         request: Request<CreateUserRequest>,
@@ -643,29 +436,6 @@ impl<U: Upstream> ChimeGateway<U> {
     }
 }
 
-impl Refused {
-    fn into_error(self) -> CallError {
-        Failed::new(UpstreamError::Response(self.response), self.attempts, None).into_error(false)
-    }
-}
-
-/// What a request id keeps of a call: its user, or a refusal no retry can change.
-fn ending(attempted: Attempted) -> Ending<Kept, CallError> {
-    match attempted.result {
-        Ok(success) => Ending::Final(Ok(success)),
-        Err(CallError::Upstream {
-            error: UpstreamError::Response(response),
-            attempts,
-            reconciliation: None,
-            budget_exhausted: false,
-        }) if error::is_final(response.status) => Ending::Final(Err(Refused { response, attempts })),
-        Err(error) => Ending::Passing {
-            error,
-            in_doubt: attempted.in_doubt,
-        },
-    }
-}
-
 #[tonic::async_trait]
 impl<U: Upstream> ChimeService for ChimeGateway<U> {
     async fn create_user(
@@ -684,92 +454,15 @@ impl<U: Upstream> ChimeService for ChimeGateway<U> {
     }
 }
 
-/// One line per call; never the request's fields, which may be sensitive.
-fn log_call(answered: &Answered, latency: Duration) {
-    let latency_ms = latency.as_secs_f64() * 1000.0;
-    let (attempts, replayed) = (answered.attempts, answered.replayed);
-    match &answered.result {
-        Ok(success) => tracing::info!(
-            method = "CreateUser",
-            grpc_code = "OK",
-            upstream_status = if success.reconciled { 200 } else { 201 },
-            attempts,
-            reconciled = success.reconciled,
-            replayed,
-            latency_ms,
-            aws_request_id = success.request_id.as_deref().unwrap_or(""),
-            "call finished"
-        ),
-        Err(error) => {
-            let (upstream_status, aws_request_id, reconciliation) = match &**error {
-                CallError::Upstream {
-                    error: UpstreamError::Response(r),
-                    reconciliation,
-                    ..
-                } => (r.status, r.request_id.as_deref().unwrap_or(""), *reconciliation),
-                CallError::Upstream {
-                    error:
-                        UpstreamError::Unparseable {
-                            status, request_id, ..
-                        },
-                    reconciliation,
-                    ..
-                } => (*status, request_id.as_deref().unwrap_or(""), *reconciliation),
-                CallError::Upstream { reconciliation, .. } => (0, "", *reconciliation),
-                _ => (0, "", None),
-            };
-            tracing::info!(
-                method = "CreateUser",
-                grpc_code = code_name(error.code()),
-                upstream_status,
-                attempts,
-                reconciled = false,
-                reconciliation = reconciliation.map_or("", Reconciliation::as_str),
-                replayed,
-                latency_ms,
-                aws_request_id,
-                error = %error,
-                "call finished"
-            );
-        }
-    }
-}
+mod answer;
+mod call_log;
+mod metadata;
+mod upstream;
 
-/// Whether the caller says this call retries an earlier one: gRPC's own
-/// `grpc-previous-rpc-attempts` (set by the retry policies of grpc-go and grpc-java), or
-/// [`PREVIOUS_ATTEMPTS_KEY`] for libraries that do not let a caller set `grpc-` headers.
-pub fn declared_retry(metadata: &MetadataMap) -> bool {
-    [GRPC_PREVIOUS_ATTEMPTS_KEY, PREVIOUS_ATTEMPTS_KEY]
-        .iter()
-        .any(|key| {
-            metadata
-                .get(*key)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u32>().ok())
-                .is_some_and(|n| n >= 1)
-        })
-}
-
-/// The caller's `grpc-timeout`, per the gRPC HTTP/2 protocol (`<up to 8 digits><H|M|S|m|u|n>`).
-pub fn caller_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let split = value.len().checked_sub(1)?;
-    let (digits, unit) = value.split_at(split);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
+use answer::ending;
+pub use answer::{Kept, Refused, Success};
+use call_log::log_call;
+pub use metadata::{caller_timeout, declared_retry};
 
 #[cfg(test)]
-#[path = "service_tests.rs"]
 mod tests;

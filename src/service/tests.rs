@@ -17,7 +17,8 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use super::*;
-use crate::error::ErrorResponse;
+use crate::{chime::Created, error::ErrorResponse, idempotency::Footprint};
+use tonic::metadata::MetadataMap;
 
 type LookupAnswer = Result<Option<Found>, UpstreamError>;
 
@@ -543,20 +544,6 @@ fn grpc_timeout_units_are_parsed() {
     assert_eq!(caller_timeout(&MetadataMap::new()), None);
 }
 
-#[test]
-fn backoff_grows_within_its_ceiling_and_honours_retry_after() {
-    let b = Backoff {
-        base: Duration::from_millis(10),
-        max: Duration::from_millis(35),
-    };
-    for _ in 0..100 {
-        assert!(b.delay(1, None) <= Duration::from_millis(10));
-        assert!(b.delay(2, None) <= Duration::from_millis(20));
-        assert!(b.delay(9, None) <= Duration::from_millis(35));
-    }
-    assert_eq!(b.delay(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
-}
-
 #[tokio::test]
 async fn a_call_whose_deadline_leaves_no_time_sends_nothing() {
     let (gw, up) = gateway(vec![], 3);
@@ -708,8 +695,8 @@ fn the_call_line_says_what_the_upstream_did() {
     assert_eq!(line["attempts"], 2, "{line}");
 }
 
-#[path = "service_protection_tests.rs"]
+#[path = "protection_tests.rs"]
 mod protection;
 
-#[path = "service_restart_tests.rs"]
+#[path = "restart_tests.rs"]
 mod restart;
