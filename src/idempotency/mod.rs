@@ -1,16 +1,17 @@
 //! Request ids (AIP-155): what the gateway remembers of each `(account_id, request_id)`, so that a
 //! caller's retries end with one user and one answer (SPEC section 7).
 //!
-//! Two bounded, expiring maps (moka), both keyed by a digest of the account and the id:
-//! - *answers*: the final outcome of the first call, with a fingerprint of its request. A repeat
-//!   with the same fingerprint gets it again; one with another fingerprint is a reused id. Calls
-//!   with the same key while the first is in flight wait for it (moka's single flight), and get
-//!   its answer even when it is not one to keep.
+//! One bounded, expiring map (`ledger`), keyed by a digest of the account and the id, holds one
+//! entry per key:
+//! - *running*: the first call is in flight. Calls with the same key and request wait for it and
+//!   get its answer, even one that is not kept; a call with another request is told the id is
+//!   reused.
+//! - *kept*: the final outcome of the first call, with a fingerprint of its request. A repeat
+//!   with the same fingerprint gets it again; one with another fingerprint is a reused id.
 //! - *in doubt*: a marker left by a call that ended without knowing whether it created the user:
 //!   its attempt timed out or lost its connection, or the call itself was cancelled (dropped) while
 //!   an attempt was in flight. The next repeat then knows that a conflict may be its own earlier
-//!   create; a call that ends knowing the outcome clears it. Calls that end as expected write
-//!   nothing here, so the common path costs one map write (the kept answer).
+//!   create; a call that ends knowing the outcome replaces it.
 //!
 //! With `--state-dir`, the in-doubt markers are also written to a journal (`journal`) before each
 //! call's first attempt leaves, so that a restarted process still knows them.
@@ -19,20 +20,19 @@
 //! or the upstream. Never sees an email in clear beyond hashing it.
 
 use std::{
-    future::Future,
     hash::{BuildHasher, Hasher},
     sync::Arc,
-    time::Duration,
 };
 
-use moka::future::Cache;
 use sha2::{Digest, Sha256};
 
 use crate::pb::chime::v1::CreateUserRequest;
 
 pub mod journal;
+mod ledger;
 
 pub use journal::{Journal, Recovered};
+pub use ledger::Ledger;
 
 /// An answer's size is charged to the capacity in units of this many bytes.
 pub const WEIGHT_UNIT: usize = 1024;
@@ -77,8 +77,6 @@ impl BuildHasher for DigestHasher {
     }
 }
 
-type Marks = moka::sync::Cache<Key, Fingerprint, DigestHasher>;
-
 impl Key {
     /// The key of `request_id` in `account_id`.
     pub fn new(account_id: &str, request_id: uuid::Uuid) -> Self {
@@ -118,10 +116,20 @@ fn field(h: &mut Sha256, value: Option<&[u8]>) {
     }
 }
 
-/// The bytes an answer holds, to charge it to the capacity.
-pub trait Footprint {
-    /// Approximately how many bytes of memory the value holds, beyond the map's own entry.
-    fn footprint(&self) -> usize;
+/// An answer a request id keeps, and the compact form it is kept in: kept answers are many, and
+/// only repeats read them back.
+pub trait Keep: Clone {
+    /// What the ledger holds for the answer's repeats.
+    type Stored: Send + Sync + 'static;
+
+    /// The form to keep, made once by the call that got the answer.
+    fn store(&self) -> Self::Stored;
+
+    /// The answer again, for a repeat.
+    fn replay(stored: &Self::Stored) -> Self;
+
+    /// About how many bytes of memory `stored` holds, beyond the map's own entry.
+    fn footprint(stored: &Self::Stored) -> usize;
 }
 
 /// How a call with a request id ended, as its repeats need to know it.
@@ -151,19 +159,36 @@ pub enum Outcome<V, E> {
     },
     /// The request id was used for a different request: nothing was done.
     Reused,
+    /// The deadline passed while this call waited for the first call with its id.
+    Waited,
+}
+
+/// Where a call's [`Doubt`] leaves its marker if the call is dropped with an attempt in flight.
+trait Marks: Send + Sync {
+    /// `key` may have created a user no one heard of.
+    fn dropped_in_flight(&self, key: Key, fingerprint: Fingerprint);
 }
 
 /// The calls of this request id before this one, as this call needs to know them, and the
 /// marker this call leaves if it is dropped while an attempt is in flight.
-#[derive(Debug)]
 pub struct Doubt {
-    mark: Option<(Marks, Key, Fingerprint)>,
+    mark: Option<(Arc<dyn Marks>, Key, Fingerprint)>,
     journal: Option<Arc<Journal>>,
     in_flight: bool,
     opened: bool,
     /// An earlier call with this request id ended without knowing whether it created the user,
     /// or the caller says this call is a retry.
     pub before: bool,
+}
+
+impl std::fmt::Debug for Doubt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Doubt")
+            .field("request_id", &self.mark.is_some())
+            .field("in_flight", &self.in_flight)
+            .field("before", &self.before)
+            .finish()
+    }
 }
 
 impl Doubt {
@@ -203,164 +228,15 @@ impl Doubt {
     pub fn answered(&mut self) {
         self.in_flight = false;
     }
-
-    fn leave_mark(&self) {
-        if let Some((marks, key, fingerprint)) = &self.mark {
-            marks.insert(*key, *fingerprint);
-        }
-    }
 }
 
 impl Drop for Doubt {
     fn drop(&mut self) {
-        if self.in_flight {
-            self.leave_mark();
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Kept<V> {
-    fingerprint: Fingerprint,
-    value: V,
-}
-
-#[derive(Debug)]
-struct Passed<E> {
-    fingerprint: Fingerprint,
-    error: Arc<E>,
-}
-
-/// The request ids of one gateway process and what became of them.
-pub struct Ledger<V> {
-    answers: Cache<Key, Arc<Kept<V>>, DigestHasher>,
-    in_doubt: Marks,
-    journal: Option<Arc<Journal>>,
-}
-
-impl<V> std::fmt::Debug for Ledger<V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ledger")
-            .field("answers", &self.answers.entry_count())
-            .field("in_doubt", &self.in_doubt.entry_count())
-            .finish()
-    }
-}
-
-impl<V> Ledger<V>
-where
-    V: Footprint + Clone + Send + Sync + 'static,
-{
-    /// A ledger keeping each outcome for `ttl`, and at most `capacity` entries (an answer of more
-    /// than [`WEIGHT_UNIT`] bytes counts once per unit).
-    pub fn new(ttl: Duration, capacity: u64) -> Self {
-        let answers = Cache::builder()
-            .max_capacity(capacity)
-            .time_to_live(ttl)
-            .weigher(|_: &Key, kept: &Arc<Kept<V>>| weight(kept.value.footprint()))
-            .build_with_hasher(DigestHasher::default());
-        let in_doubt = moka::sync::Cache::builder()
-            .max_capacity(capacity)
-            .time_to_live(ttl)
-            .build_with_hasher(DigestHasher::default());
-        Self {
-            answers,
-            in_doubt,
-            journal: None,
-        }
-    }
-
-    /// Keeps the in-doubt markers in `journal` too, starting from the keys it recovered, so that
-    /// they outlive the process.
-    pub fn attach_journal(&mut self, journal: Journal, in_doubt: &[(Key, Fingerprint)]) {
-        for (key, fingerprint) in in_doubt {
-            self.in_doubt.insert(*key, *fingerprint);
-        }
-        self.journal = Some(Arc::new(journal));
-    }
-
-    fn close(&self, key: Key) {
-        if let Some(journal) = &self.journal
-            && let Err(e) = journal.closed(key)
+        if self.in_flight
+            && let Some((marks, key, fingerprint)) = &self.mark
         {
-            tracing::warn!(error = %e, "cannot record a request id settled in --state-dir");
+            marks.dropped_in_flight(*key, *fingerprint);
         }
-    }
-
-    /// Runs `call` once for `key`: a repeat gets the kept answer, a concurrent one waits for the
-    /// call in flight, and a different request under the same key runs nothing. `retry`: the
-    /// caller says this call repeats one this process may not have seen, so its doubt is assumed.
-    pub async fn run<E, F, Fut>(
-        &self,
-        key: Key,
-        fingerprint: Fingerprint,
-        retry: bool,
-        call: F,
-    ) -> Outcome<V, E>
-    where
-        E: Send + Sync + 'static,
-        F: FnOnce(Doubt) -> Fut,
-        Fut: Future<Output = Ending<V, E>>,
-    {
-        if let Some(marked) = self.in_doubt.get(&key)
-            && marked != fingerprint
-        {
-            return Outcome::Reused;
-        }
-        let mut ran = false;
-        let init = async {
-            ran = true;
-            let marked = self.in_doubt.contains_key(&key);
-            let doubt = Doubt {
-                mark: Some((self.in_doubt.clone(), key, fingerprint)),
-                journal: self.journal.clone(),
-                in_flight: false,
-                opened: false,
-                before: marked || retry,
-            };
-            match call(doubt).await {
-                Ending::Final(value) => {
-                    if marked {
-                        self.in_doubt.invalidate(&key);
-                    }
-                    self.close(key);
-                    Ok(Arc::new(Kept { fingerprint, value }))
-                }
-                Ending::Passing { error, in_doubt } => {
-                    if in_doubt {
-                        self.in_doubt.insert(key, fingerprint);
-                    } else if !marked {
-                        self.close(key);
-                    }
-                    let error = Arc::new(error);
-                    Err(Passed { fingerprint, error })
-                }
-            }
-        };
-        let result = self.answers.try_get_with(key, init).await;
-        match result {
-            Ok(kept) if kept.fingerprint == fingerprint => Outcome::Answer {
-                result: Ok(kept.value.clone()),
-                replayed: !ran,
-            },
-            Err(passed) if passed.fingerprint == fingerprint => Outcome::Answer {
-                result: Err(passed.error.clone()),
-                replayed: !ran,
-            },
-            Ok(_) | Err(_) => Outcome::Reused,
-        }
-    }
-
-    /// Answers kept now (after pending evictions), for tests and the benchmark.
-    pub async fn kept(&self) -> u64 {
-        self.answers.run_pending_tasks().await;
-        self.answers.entry_count()
-    }
-
-    /// The total weight of the answers kept now, in entries.
-    pub async fn weight(&self) -> u64 {
-        self.answers.run_pending_tasks().await;
-        self.answers.weighted_size()
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::{
     chime::{Created, Found},
     error::{self, CallError, ErrorResponse, UpstreamError},
-    idempotency::{Ending, Footprint},
+    idempotency::{Ending, Keep},
     pb::chime::v1::CreateUserResponse,
     translate,
 };
@@ -51,13 +51,57 @@ pub struct Refused {
 /// What a request id keeps: the user, or the final refusal.
 pub type Kept = Result<Success, Refused>;
 
-impl Footprint for Kept {
-    fn footprint(&self) -> usize {
-        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-        let size = std::mem::size_of::<Self>();
+/// A kept answer as the ledger holds it: the user's response encoded (one allocation instead of
+/// a dozen strings), or the refusal.
+#[derive(Debug)]
+pub enum Stored {
+    /// [`Success`], its response encoded.
+    User {
+        response: Box<[u8]>,
+        request_id: Option<Box<str>>,
+        reconciled: bool,
+    },
+    /// The refusal, as it was.
+    Refused(Refused),
+}
+
+impl Keep for Kept {
+    type Stored = Stored;
+
+    fn store(&self) -> Stored {
         match self {
-            Ok(s) => size + prost::Message::encoded_len(&s.response) * 2 + text(&s.request_id),
-            Err(r) => {
+            Ok(s) => Stored::User {
+                response: prost::Message::encode_to_vec(&s.response).into_boxed_slice(),
+                request_id: s.request_id.as_deref().map(Box::from),
+                reconciled: s.reconciled,
+            },
+            Err(refused) => Stored::Refused(refused.clone()),
+        }
+    }
+
+    fn replay(stored: &Stored) -> Self {
+        match stored {
+            Stored::User {
+                response,
+                request_id,
+                reconciled,
+            } => Ok(Success {
+                response: prost::Message::decode(&response[..]).expect("encoded by `store`"),
+                request_id: request_id.as_deref().map(String::from),
+                reconciled: *reconciled,
+            }),
+            Stored::Refused(refused) => Err(refused.clone()),
+        }
+    }
+
+    fn footprint(stored: &Stored) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let size = std::mem::size_of::<Stored>();
+        match stored {
+            Stored::User {
+                response, request_id, ..
+            } => size + response.len() + request_id.as_deref().map_or(0, str::len),
+            Stored::Refused(r) => {
                 let e = &r.response;
                 size + text(&e.error_type) + text(&e.code) + text(&e.message) + text(&e.request_id)
             }

@@ -133,7 +133,7 @@ pub struct ChimeGateway<U> {
     connections: Arc<Semaphore>,
     cancel: Arc<watch::Sender<bool>>,
     metrics: Arc<Metrics>,
-    ledger: Ledger<Kept>,
+    ledger: Ledger<Kept, CallError>,
     budget: RetryBudget,
     limiter: SendLimiter,
 }
@@ -235,16 +235,18 @@ impl<U: Upstream> ChimeGateway<U> {
         };
         let key = Key::new(&request.account_id, id);
         let fingerprint = Fingerprint::of(&request);
-        let run = self.ledger.run(key, fingerprint, retry, |doubt| async {
-            let attempted = self.attempt_all(request, deadline, doubt, &attempts).await;
-            ending(attempted)
-        });
-        let outcome = timeout_at(deadline, run).await;
+        let outcome = self
+            .ledger
+            .run(key, fingerprint, retry, deadline, |doubt| async {
+                let attempted = self.attempt_all(request, deadline, doubt, &attempts).await;
+                ending(attempted)
+            })
+            .await;
         let attempts = attempts.into_inner();
         match outcome {
-            Err(_) => answer(Err(CallError::DeadlineExceeded { attempts }), attempts),
-            Ok(Outcome::Reused) => answer(Err(CallError::RequestIdReused), 0),
-            Ok(Outcome::Answer { result, replayed }) => Answered {
+            Outcome::Waited => answer(Err(CallError::DeadlineExceeded { attempts }), attempts),
+            Outcome::Reused => answer(Err(CallError::RequestIdReused), 0),
+            Outcome::Answer { result, replayed } => Answered {
                 result: result.and_then(|kept| kept.map_err(|r| Arc::new(r.into_error()))),
                 attempts,
                 replayed,
@@ -461,7 +463,7 @@ mod metadata;
 mod upstream;
 
 use answer::ending;
-pub use answer::{Kept, Refused, Success};
+pub use answer::{Kept, Refused, Stored, Success};
 use call_log::log_call;
 pub use metadata::{caller_timeout, declared_retry};
 

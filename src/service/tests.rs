@@ -17,7 +17,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use super::*;
-use crate::{chime::Created, error::ErrorResponse, idempotency::Footprint};
+use crate::{chime::Created, error::ErrorResponse, idempotency::Keep};
 use tonic::metadata::MetadataMap;
 
 type LookupAnswer = Result<Option<Found>, UpstreamError>;
@@ -581,12 +581,12 @@ fn the_backoff_ceiling_doubles_with_each_failure() {
     assert!(longest <= Duration::from_millis(80), "{longest:?}");
 }
 
-// Kills the footprint mutants: a kept user weighs its encoded response twice (the message and its
-// copy in each answer) and its request id; a kept refusal weighs its texts.
+// Kills the footprint mutants: a kept user weighs its encoded response and its request id; a kept
+// refusal weighs its texts. What is stored replays as the answer it was made from.
 #[test]
-fn a_kept_answer_weighs_what_it_holds() {
+fn a_kept_answer_weighs_what_it_holds_and_replays_as_itself() {
     let user = |name: &str, id: Option<&str>| -> usize {
-        let kept: Kept = Ok(Success {
+        let original = Success {
             response: CreateUserResponse {
                 user: Some(crate::pb::chime::v1::User {
                     display_name: Some(name.into()),
@@ -594,17 +594,18 @@ fn a_kept_answer_weighs_what_it_holds() {
                 }),
             },
             request_id: id.map(Into::into),
-            reconciled: false,
-        });
-        kept.footprint()
+            reconciled: true,
+        };
+        let stored = Ok(original.clone()).store();
+        let again = Kept::replay(&stored).unwrap();
+        assert_eq!(again.response, original.response);
+        assert_eq!((again.request_id, again.reconciled), (original.request_id, true));
+        Kept::footprint(&stored)
     };
-    let size = std::mem::size_of::<Kept>();
+    let size = std::mem::size_of::<Stored>();
     // The response is 4 bytes: User (tag, length) holding display_name (tag, length, "").
-    assert_eq!(user("", None), size + 2 * 4);
-    assert_eq!(
-        user(&"x".repeat(100), Some("req-1")) - user("", None),
-        2 * 100 + 5
-    );
+    assert_eq!(user("", None), size + 4);
+    assert_eq!(user(&"x".repeat(100), Some("req-1")) - user("", None), 100 + 5);
     let refusal = |message: &str| -> usize {
         let kept: Kept = Err(Refused {
             response: ErrorResponse {
@@ -615,9 +616,13 @@ fn a_kept_answer_weighs_what_it_holds() {
                 request_id: Some("req".into()),
                 retry_after: None,
             },
-            attempts: 1,
+            attempts: 2,
         });
-        kept.footprint()
+        let stored = kept.store();
+        let again = Kept::replay(&stored).unwrap_err();
+        assert_eq!(again.response.message.as_deref(), Some(message));
+        assert_eq!(again.attempts, 2);
+        Kept::footprint(&stored)
     };
     assert_eq!(refusal(""), size + 17 + 8 + 3);
     assert_eq!(refusal(&"m".repeat(50)) - refusal(""), 50);
