@@ -4,12 +4,16 @@
 //!
 //! One append-only file of fixed-size records, `in-doubt.journal`: `open` (an attempt is about
 //! to be sent for this key) and `close` (the key's calls ended knowing their outcome). A key whose
-//! last record is `open` is in doubt. Each record is one `write` to the kernel before the attempt
-//! is sent, which outlives a crash or SIGKILL of the process (not a crash of the machine: no
-//! fsync). On start the file is read up to the first damaged or torn record, what was read is
-//! kept, and the file is rewritten with the live keys alone; it is rewritten the same way whenever
-//! it holds four times more records than live keys (and at least `COMPACT_MIN`), so it stays
-//! bounded like the memory.
+//! last record is `open` is in doubt. A call's `open` is one `write` to the kernel before its
+//! first attempt is sent, which outlives a crash or SIGKILL of the process (not a crash of the
+//! machine: no fsync). `close` records wait and go out in the same `write` as the next `open`
+//! (or when the journal is dropped, or when [`PENDING_MAX`] of them wait), so a call costs one
+//! system call; a kill loses at most the waiting closes, and leaves their keys in doubt, which
+//! only makes a retry's 409 be looked up. On start the file is read up to the first damaged or
+//! torn record, what was read is kept, and the file is rewritten with the live keys alone; it is
+//! rewritten the same way whenever it holds four times more records than live keys (and at least
+//! `COMPACT_MIN`), so it stays bounded like the memory, and after a failed write, so that no
+//! record follows a torn one.
 //!
 //! Knows files, keys and fingerprints; never HTTP, gRPC or emails.
 
@@ -18,7 +22,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, Read, Write},
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Mutex, PoisonError},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -32,6 +36,8 @@ pub const FILE_NAME: &str = "in-doubt.journal";
 pub const RECORD_LEN: usize = 1 + 32 + 32 + 8 + 4;
 /// The fewest records a file holds before it is compacted.
 const COMPACT_MIN: u64 = 4096;
+/// The most `close` records that wait for the next `open`.
+pub const PENDING_MAX: usize = 64;
 
 const OPEN: u8 = 1;
 const CLOSE: u8 = 2;
@@ -113,7 +119,12 @@ type Live = HashMap<Key, (Fingerprint, u64)>;
 struct Inner {
     file: File,
     live: Live,
+    /// Records in the file.
     records: u64,
+    /// Encoded `close` records not yet written.
+    pending: Vec<u8>,
+    /// A write failed, perhaps halfway: the file is rewritten before the next one.
+    torn: bool,
 }
 
 /// The journal of one gateway process.
@@ -146,12 +157,19 @@ impl Journal {
             path,
             ttl,
             capacity,
-            inner: Mutex::new(Inner { file, live, records }),
+            inner: Mutex::new(Inner {
+                file,
+                live,
+                records,
+                pending: Vec::new(),
+                torn: false,
+            }),
         };
         Ok((journal, recovered))
     }
 
-    /// Records that an attempt for `key` is about to be sent.
+    /// Records that an attempt for `key` is about to be sent: written (with any waiting closes)
+    /// before this returns.
     pub fn opened(&self, key: Key, fingerprint: Fingerprint) -> io::Result<()> {
         let at_ms = now_ms();
         let record = Record {
@@ -160,15 +178,15 @@ impl Journal {
             fingerprint,
             at_ms,
         };
-        let mut inner = self.inner.lock().expect("never poisoned");
-        inner.file.write_all(&record.encode())?;
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.live.insert(key, (fingerprint, at_ms));
-        self.wrote(&mut inner)
+        inner.pending.extend_from_slice(&record.encode());
+        self.flush(&mut inner)
     }
 
-    /// Records that `key`'s calls ended knowing their outcome.
+    /// Records that `key`'s calls ended knowing their outcome: written with the next `open`.
     pub fn closed(&self, key: Key) -> io::Result<()> {
-        let mut inner = self.inner.lock().expect("never poisoned");
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let Some((fingerprint, _)) = inner.live.remove(&key) else {
             return Ok(());
         };
@@ -178,16 +196,29 @@ impl Journal {
             fingerprint,
             at_ms: now_ms(),
         };
-        inner.file.write_all(&record.encode())?;
-        self.wrote(&mut inner)
+        inner.pending.extend_from_slice(&record.encode());
+        if inner.pending.len() < PENDING_MAX * RECORD_LEN {
+            return Ok(());
+        }
+        self.flush(&mut inner)
     }
 
-    /// Counts a record written, and compacts when the file holds mostly settled keys.
-    fn wrote(&self, inner: &mut Inner) -> io::Result<()> {
-        inner.records += 1;
-        let live = inner.live.len() as u64;
-        if inner.records < COMPACT_MIN.max(live * 4) {
-            return Ok(());
+    /// Writes the waiting records in one `write`, then compacts when the file holds mostly
+    /// settled keys (or a write failed).
+    fn flush(&self, inner: &mut Inner) -> io::Result<()> {
+        if !inner.torn {
+            let written = inner.file.write_all(&inner.pending);
+            let records = (inner.pending.len() / RECORD_LEN) as u64;
+            inner.pending.clear();
+            if let Err(e) = written {
+                inner.torn = true;
+                return Err(e);
+            }
+            inner.records += records;
+            let live = inner.live.len() as u64;
+            if inner.records < COMPACT_MIN.max(live * 4) {
+                return Ok(());
+            }
         }
         let horizon = now_ms().saturating_sub(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
         inner.live.retain(|_, (_, at)| *at >= horizon);
@@ -199,19 +230,37 @@ impl Journal {
                 inner.live.remove(&key);
             }
         }
+        // The live keys hold what the waiting records said.
+        inner.pending.clear();
         inner.file = rewrite(&self.path, &inner.live)?;
+        inner.torn = false;
         inner.records = inner.live.len() as u64;
         Ok(())
     }
 
     /// Keys open now.
     pub fn live(&self) -> usize {
-        self.inner.lock().expect("never poisoned").live.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .live
+            .len()
     }
 
     /// Records in the file now.
     pub fn records(&self) -> u64 {
-        self.inner.lock().expect("never poisoned").records
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).records
+    }
+}
+
+impl Drop for Journal {
+    /// Writes the waiting closes, so that a gateway that stops in good order leaves no key in
+    /// doubt that was not.
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if !inner.torn && !inner.pending.is_empty() {
+            let _ = inner.file.write_all(&inner.pending);
+        }
     }
 }
 
@@ -262,9 +311,8 @@ fn rewrite(path: &Path, live: &Live) -> io::Result<File> {
             };
             out.write_all(&record.encode())?;
         }
-        out.into_inner()
-            .map_err(io::IntoInnerError::into_error)?
-            .sync_all()?;
+        // No fsync: the journal is for a crash of the process, not of the machine.
+        out.flush()?;
     }
     fs::rename(&fresh, path)?;
     OpenOptions::new().append(true).open(path)

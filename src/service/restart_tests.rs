@@ -58,11 +58,13 @@ async fn a_call_that_ends_knowing_its_outcome_leaves_nothing_in_doubt() {
     let up = scripted(vec![status(503, None)], vec![]);
     let first = journaled(&up, &dir);
     first.create_user(with_email(ID)).await.unwrap();
-    let refused = scripted(vec![status(404, None)], vec![]);
-    let first = journaled(&refused, &dir);
-    let other = "0d2f1c3e-5b6a-4e7d-8c9b-a1b2c3d4e5f6";
-    first.create_user(with_email(other)).await.unwrap_err();
+    // Stopped in good order: the close that waited for another open is written.
     drop(first);
+    let refused = scripted(vec![status(404, None)], vec![]);
+    let second = journaled(&refused, &dir);
+    let other = "0d2f1c3e-5b6a-4e7d-8c9b-a1b2c3d4e5f6";
+    second.create_user(with_email(other)).await.unwrap_err();
+    drop(second);
     let (_, recovered) = Journal::open(&dir.0, DEFAULT_IDEMPOTENCY_TTL, 100).unwrap();
     assert!(recovered.in_doubt.is_empty(), "{recovered:?}");
 }
