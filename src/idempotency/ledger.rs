@@ -442,3 +442,18 @@ impl<V: Keep, E> Ledger<V, E> {
         n
     }
 }
+
+#[cfg(test)]
+impl<V: Keep, E> Ledger<V, E> {
+    /// How many shards, and the longest queue of written entries among them.
+    pub(super) fn shape(&self) -> (usize, usize) {
+        let longest = self
+            .shared
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).order.len())
+            .max()
+            .unwrap_or(0);
+        (self.shared.shards.len(), longest)
+    }
+}

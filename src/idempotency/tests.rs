@@ -353,3 +353,210 @@ async fn the_ledger_debugs_as_its_counts() {
     let text = format!("{l:?}");
     assert_eq!(text, "Ledger { answers: 2, in_doubt: 0 }");
 }
+
+/// Runs a call that sends an attempt and ends in doubt.
+async fn in_doubt(l: &L, n: u128) {
+    let unknown = Ending::Passing {
+        error: "timeout",
+        in_doubt: true,
+    };
+    run(l, key(n), fp("a@x.io"), &AtomicU32::new(0), unknown).await;
+}
+
+#[tokio::test]
+async fn the_oldest_entry_goes_first_when_the_memory_is_full() {
+    let l = L::new(Duration::from_secs(60), 2);
+    let runs = AtomicU32::new(0);
+    for n in 1..=3 {
+        run(&l, key(n), fp("a@x.io"), &runs, final_answer("kept")).await;
+    }
+    assert_eq!((l.kept(), l.weight()), (2, 2));
+    let third = run(&l, key(3), fp("a@x.io"), &runs, final_answer("again")).await;
+    assert_eq!(answer(&third), (Ok(Answer("kept".into())), true));
+    let first = run(&l, key(1), fp("a@x.io"), &runs, final_answer("again")).await;
+    assert_eq!(answer(&first), (Ok(Answer("again".into())), false));
+}
+
+#[tokio::test]
+async fn a_final_answer_replaces_the_doubt_and_is_weighed_once() {
+    let l = ledger();
+    in_doubt(&l, 1).await;
+    assert!(l.in_doubt(&key(1)));
+    assert_eq!(l.weight(), 1);
+    run(&l, key(1), fp("a@x.io"), &AtomicU32::new(0), final_answer("user")).await;
+    assert!(!l.in_doubt(&key(1)));
+    assert_eq!((l.kept(), l.weight()), (1, 1));
+    assert_eq!(format!("{l:?}"), "Ledger { answers: 1, in_doubt: 0 }");
+    in_doubt(&l, 2).await;
+    assert_eq!(format!("{l:?}"), "Ledger { answers: 1, in_doubt: 1 }");
+}
+
+#[tokio::test]
+async fn ids_left_in_doubt_over_and_over_never_grow_the_memory() {
+    let l = L::new(Duration::from_secs(60), 4);
+    for _ in 0..50 {
+        for n in 0..3 {
+            in_doubt(&l, n).await;
+        }
+    }
+    let (shards, queue) = l.shape();
+    assert_eq!(shards, 1);
+    assert!(queue <= 2 * 4 + 1, "{queue}");
+    assert_eq!(l.weight(), 3);
+    for n in 0..3 {
+        assert!(l.in_doubt(&key(n)), "{n}");
+    }
+}
+
+#[tokio::test]
+async fn doubt_and_answers_expire_after_the_ttl() {
+    let l = L::new(Duration::from_millis(100), 100);
+    in_doubt(&l, 1).await;
+    run(&l, key(2), fp("a@x.io"), &AtomicU32::new(0), final_answer("2")).await;
+    assert!(l.in_doubt(&key(1)));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!l.in_doubt(&key(1)));
+    assert_eq!(l.kept(), 0);
+    assert!(
+        !seen_before(&l, final_answer("x")).await,
+        "expired doubt is no doubt"
+    );
+    // Writing lets out what expired.
+    assert_eq!(l.weight(), 1);
+}
+
+#[tokio::test]
+async fn a_ttl_too_long_for_the_clock_keeps_answers() {
+    let l = L::new(Duration::MAX, 10);
+    let runs = AtomicU32::new(0);
+    run(&l, key(1), fp("a@x.io"), &runs, final_answer("1")).await;
+    let again = run(&l, key(1), fp("a@x.io"), &runs, final_answer("2")).await;
+    assert_eq!(answer(&again), (Ok(Answer("1".into())), true));
+}
+
+#[tokio::test]
+async fn a_large_capacity_is_spread_over_shards_and_still_bounded() {
+    let l = L::new(Duration::from_secs(60), 10_000);
+    assert_eq!(l.shape().0, 8);
+    let runs = AtomicU32::new(0);
+    for n in 0..20_000 {
+        run(&l, key(n), fp("a@x.io"), &runs, final_answer("x")).await;
+    }
+    let kept = l.kept();
+    assert!((9_000..=10_000).contains(&kept), "{kept}");
+    assert_eq!(L::new(Duration::from_secs(60), 1_000_000).shape().0, 16);
+}
+
+#[tokio::test]
+async fn an_answer_heavier_than_the_memory_is_answered_but_not_kept() {
+    let l = L::new(Duration::from_secs(60), 2);
+    let runs = AtomicU32::new(0);
+    run(&l, key(1), fp("a@x.io"), &runs, final_answer("small")).await;
+    let big = "x".repeat(2 * WEIGHT_UNIT + 1);
+    let first = run(
+        &l,
+        key(2),
+        fp("a@x.io"),
+        &runs,
+        Ending::Final(Answer(big.clone())),
+    )
+    .await;
+    assert_eq!(answer(&first), (Ok(Answer(big)), false));
+    assert_eq!((l.kept(), l.weight()), (1, 1), "the small one stays");
+}
+
+#[tokio::test]
+async fn a_waiter_runs_the_call_itself_when_the_first_is_dropped_unanswered() {
+    let l = Arc::new(ledger());
+    let runs = Arc::new(AtomicU32::new(0));
+    let first = {
+        let (l, runs) = (l.clone(), runs.clone());
+        tokio::spawn(async move {
+            l.run(key(1), fp("a@x.io"), false, far(), |_| async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<Ending<Answer, &'static str>>().await
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let waiter = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            let outcome = l
+                .run(key(1), fp("a@x.io"), false, far(), |doubt| async move {
+                    assert!(!doubt.before, "nothing was sent");
+                    Ending::Final(Answer("mine".into()))
+                })
+                .await;
+            answer(&outcome)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    first.abort();
+    assert_eq!(waiter.await.unwrap(), (Ok(Answer("mine".into())), false));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert!(!l.in_doubt(&key(1)));
+}
+
+#[tokio::test]
+async fn a_waiter_gives_up_at_its_deadline() {
+    let l = Arc::new(ledger());
+    let first = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            l.run(key(1), fp("a@x.io"), false, far(), |_| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                final_answer("late")
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let soon = tokio::time::Instant::now() + Duration::from_millis(50);
+    let waited = l
+        .run(key(1), fp("a@x.io"), false, soon, |_| async {
+            final_answer("never")
+        })
+        .await;
+    assert!(matches!(waited, Outcome::Waited));
+    assert!(matches!(first.await.unwrap(), Outcome::Answer { .. }));
+}
+
+#[tokio::test]
+async fn a_call_dropped_with_nothing_in_flight_leaves_no_doubt_here_or_in_the_journal() {
+    let dir = std::env::temp_dir().join(format!("chime-ledger-{}", uuid::Uuid::new_v4()));
+    let ttl = Duration::from_secs(60);
+    {
+        let (journal, recovered) = Journal::open(&dir, ttl, 100).unwrap();
+        let mut l = ledger();
+        l.attach_journal(journal, &recovered.in_doubt);
+        let call = l.run(key(1), fp("a@x.io"), false, far(), |mut doubt| async move {
+            doubt.sent();
+            doubt.answered();
+            std::future::pending::<Ending<Answer, &'static str>>().await
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(30), call)
+                .await
+                .is_err()
+        );
+        assert!(!l.in_doubt(&key(1)));
+        let cut = l.run(key(2), fp("a@x.io"), false, far(), |mut doubt| async move {
+            doubt.sent();
+            std::future::pending::<Ending<Answer, &'static str>>().await
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(30), cut)
+                .await
+                .is_err()
+        );
+        assert!(l.in_doubt(&key(2)));
+    }
+    let (_, recovered) = Journal::open(&dir, ttl, 100).unwrap();
+    assert_eq!(recovered.in_doubt, vec![(key(2), fp("a@x.io"))]);
+    let mut l = ledger();
+    l.attach_journal(Journal::open(&dir, ttl, 100).unwrap().0, &recovered.in_doubt);
+    assert!(l.in_doubt(&key(2)), "a restarted ledger knows the doubt");
+    let _ = std::fs::remove_dir_all(&dir);
+}
