@@ -21,8 +21,11 @@ pub fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The latencies (ms) a run counts the calls slower than.
+pub const SLOW_MS: [u64; 4] = [5, 10, 25, 50];
+
 /// What one run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Run {
     pub requests: u64,
     pub seconds: f64,
@@ -36,6 +39,8 @@ pub struct Run {
     /// p50 and p99 of the calls answered with a code other than OK, in microseconds.
     pub failed_p50_us: u64,
     pub failed_p99_us: u64,
+    /// How many calls took longer than each of [`SLOW_MS`], in milliseconds.
+    pub slower_than_ms: BTreeMap<u64, u64>,
 }
 
 #[derive(Default)]
@@ -94,6 +99,10 @@ impl Tally {
             codes: self.codes,
             failed_p50_us: failed.value_at_quantile(0.5),
             failed_p99_us: failed.value_at_quantile(0.99),
+            slower_than_ms: SLOW_MS
+                .iter()
+                .map(|&ms| (ms, all.len() - all.count_between(0, ms * 1000)))
+                .collect(),
         }
     }
 }

@@ -6,12 +6,15 @@
 //! 1. `sdk-alone`: the AWS SDK calling the emulator from this process (no gRPC hop);
 //! 2. `gateway`: a tonic client -> the gateway process -> the emulator;
 //! 3. `bare-tonic`: a tonic server answering a fixed response (the gRPC-only floor);
-//! 4. `*-half`: 1 and 2 at a fixed rate of half the gateway's saturated rate;
+//! 4. `*-half`: 1, 2 and 3 at a fixed rate of half the gateway's saturated rate, with the calls
+//!    over 5, 10, 25 and 50 ms as the bench client saw them and as the gateway handled them;
 //! 5. `overload`: 10x the gateway's concurrency limit against a slow emulator;
 //! 6. `in-flight-1000`: 1,000 calls held in flight by a slow emulator, with the default
 //!    `--upstream-max-connections` and then with others (the memory/throughput trade-off);
-//! 7. `gateway-request-id`: 2 with a new request id on every call (the ledger's cost per call),
-//!    and `gateway-unprotected`: 2 with the retry budget and send rate off (what they cost);
+//! 7. `gateway-request-id`: 2 with a new request id on every call against `gateway-without-id`,
+//!    alternating in a gateway of their own (the ledger's cost per call), and the same pair with
+//!    `--state-dir` (`*-state-dir`); `gateway-unprotected`: 2 with the retry budget and send rate
+//!    off (what they cost);
 //! 8. `ledger-*`: RSS after as many calls as fill the request-id memory at its default capacity,
 //!    with request ids and without (the memory a full ledger adds);
 //! 9. `*-workers-N`, `*-threads-N`: at the low rate, the gateway with `--worker-threads N` and the
@@ -19,7 +22,8 @@
 //! 10. `*-unix`: the bare round trip and the gateway at the low rate over a Unix socket, and
 //!     `mender`: what the `:authority` mender costs per call when a client sends a socket path.
 //!
-//! Settings: `BENCH_SECONDS` (per scenario, default 5), `BENCH_CONCURRENCY` (default 32).
+//! Settings: `BENCH_SECONDS` (per scenario, default 5), `BENCH_CONCURRENCY` (default 32);
+//! `BENCH_ONLY=request-id` runs only the request-id pairs and prints their cost, writing nothing.
 
 mod generator;
 mod procs;
@@ -67,6 +71,9 @@ fn request(id: u64) -> CreateUserRequest {
 enum Ids {
     Without,
     With,
+    /// None, though one is drawn and dropped: the client works as hard as with one, so that a
+    /// pair against `With` tells only the gateway's cost apart.
+    Drawn,
 }
 
 async fn grpc_client(addr: &str) -> ChimeServiceClient<Channel> {
@@ -80,8 +87,10 @@ fn grpc_call(
     move |id| {
         let mut c = client.clone();
         let mut request = request(id);
-        if let Ids::With = ids {
-            request.request_id = uuid::Uuid::new_v4().to_string();
+        match ids {
+            Ids::Without => {}
+            Ids::With => request.request_id = uuid::Uuid::new_v4().to_string(),
+            Ids::Drawn => drop(std::hint::black_box(uuid::Uuid::new_v4().to_string())),
         }
         Box::pin(async move {
             match c.create_user(request).await {
@@ -124,6 +133,12 @@ async fn suite() {
     let concurrency = setting("BENCH_CONCURRENCY", 32) as usize;
     let emulator = procs::emulator().await;
     let mut report = Report::new(seconds, concurrency);
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("request-id") {
+        ledger_path(200_000, &mut report).await;
+        request_ids(&emulator.addr, concurrency, &mut report).await;
+        report.print_request_id_cost();
+        return;
+    }
 
     let (gateway, startup) = procs::gateway(&emulator.addr, &[]).await;
     report.startup_ms = startup.as_secs_f64() * 1e3;
@@ -155,9 +170,6 @@ async fn suite() {
             .cpu(cpu)
             .rss(procs::status_kib(gateway.pid(), "VmHWM")),
     );
-    let ids_fn = grpc_call(grpc_client(&gateway.addr).await, Ids::With);
-    let (run, cpu) = with_cpu(Some(gateway.pid()), closed_loop(concurrency, seconds, ids_fn)).await;
-    report.push(Scenario::new("gateway-request-id", &label, run).cpu(cpu));
     unprotected(&emulator.addr, concurrency, seconds, &label, &mut report).await;
 
     let bare = procs::bare_server().await;
@@ -170,16 +182,33 @@ async fn suite() {
     .await;
     report.push(Scenario::new("bare-tonic", &label, run).cpu(cpu));
     let low = format!("open loop, {LOW_RATE}/s (machine mostly idle)");
-    let (run, cpu) = with_cpu(Some(bare.pid()), open_loop(LOW_RATE as f64, seconds, bare_fn)).await;
+    let (run, cpu) = with_cpu(
+        Some(bare.pid()),
+        open_loop(LOW_RATE as f64, seconds, bare_fn.clone()),
+    )
+    .await;
     report.push(Scenario::new("bare-tonic-low", &low, run).cpu(cpu));
-    drop(bare);
-
     let rate = (saturated / 2.0).max(1.0);
     let label = format!("open loop, {rate:.0}/s (half of saturation)");
+    let (run, cpu) = with_cpu(Some(bare.pid()), open_loop(rate, seconds, bare_fn)).await;
+    report.push(Scenario::new("bare-tonic-half", &label, run).cpu(cpu));
+    drop(bare);
+
     let (run, cpu) = with_cpu(None, open_loop(rate, seconds, sdk_fn.clone())).await;
     report.push(Scenario::new("sdk-alone-half", &label, run).cpu(cpu));
+    let metrics = gateway.metrics.unwrap();
+    let (handled_before, slower_before) = procs::handled_slower_than(metrics).await;
     let (run, cpu) = with_cpu(Some(gateway.pid()), open_loop(rate, seconds, gw_fn.clone())).await;
-    report.push(Scenario::new("gateway-half", &label, run).cpu(cpu));
+    let (handled, slower) = procs::handled_slower_than(metrics).await;
+    let slower = slower
+        .into_iter()
+        .map(|(ms, n)| (ms, n - slower_before[&ms]))
+        .collect();
+    report.push(
+        Scenario::new("gateway-half", &label, run)
+            .cpu(cpu)
+            .handled(handled - handled_before, slower),
+    );
 
     let label = format!("open loop, {LOW_RATE}/s (machine mostly idle)");
     let (run, cpu) = with_cpu(None, open_loop(LOW_RATE as f64, seconds, sdk_fn)).await;
@@ -188,6 +217,8 @@ async fn suite() {
     report.push(Scenario::new("gateway-low", &label, run).cpu(cpu));
     drop(gateway);
 
+    ledger_path(200_000, &mut report).await;
+    request_ids(&emulator.addr, concurrency, &mut report).await;
     for ids in [Ids::Without, Ids::With] {
         ledger(&emulator.addr, concurrency, ids, &mut report).await;
     }
@@ -324,17 +355,194 @@ fn mender(calls: u64, report: &mut Report) {
         requests: calls,
         seconds,
         rps: calls as f64 / seconds,
-        p50_us: 0,
-        p90_us: 0,
-        p99_us: 0,
-        p999_us: 0,
-        max_us: 0,
         codes: [("OK".to_owned(), calls)].into(),
-        failed_p50_us: 0,
-        failed_p99_us: 0,
+        ..Default::default()
     };
     let label = format!("{calls} header blocks with a socket path as :authority, in process");
     report.push(Scenario::new("mender", &label, run).cpu(cpu));
+}
+
+/// `ledger-path`, `ledger-path-state-dir`: what the gateway does for a request id, in process and
+/// alone: parse the id, digest the key and the fingerprint, and run the call through a full
+/// request-id memory (its answer stored, the oldest evicted), without and with the journal of
+/// `--state-dir`. CPU per call of this process, less a loop that makes and drops the same answer.
+async fn ledger_path(calls: usize, report: &mut Report) {
+    use chime_gateway::{
+        error::CallError,
+        idempotency::{Ending, Fingerprint, Journal, Key, Ledger},
+        service::{DEFAULT_IDEMPOTENCY_TTL, Kept, Success},
+        validate,
+    };
+    let capacity = DEFAULT_IDEMPOTENCY_CAPACITY;
+    let fill = capacity as usize * 6 / 5;
+    let now = prost_types::Timestamp {
+        seconds: 1_764_000_000,
+        nanos: 0,
+    };
+    let success = Success {
+        response: CreateUserResponse {
+            user: Some(User {
+                user_id: uuid::Uuid::new_v4().to_string(),
+                account_id: Some(chime_gateway::emulator::DEMO_ACCOUNT_ID.into()),
+                primary_email: Some("bench-1234-56789@example.com".into()),
+                license_type: 1,
+                user_type: UserType::PrivateUser as i32,
+                user_registration_status: 1,
+                user_invitation_status: 1,
+                invited_on: Some(now),
+                alexa_for_business_metadata: Some(Default::default()),
+                ..Default::default()
+            }),
+        },
+        request_id: Some(uuid::Uuid::new_v4().to_string()),
+        reconciled: false,
+    };
+    let requests: Vec<CreateUserRequest> = (0..fill + calls)
+        .map(|i| CreateUserRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            ..request(i as u64)
+        })
+        .collect();
+    #[allow(clippy::result_large_err, reason = "the gateway's own type, as it is")]
+    let make = || -> Kept { Ok(std::hint::black_box(&success).clone()) };
+    let before = procs::cpu_time(None);
+    for _ in &requests[fill..] {
+        drop(std::hint::black_box(make()));
+    }
+    let floor = procs::cpu_time(None) - before;
+    let dir = std::env::temp_dir().join(format!("chime-bench-ledger-{}", std::process::id()));
+    for journal in [false, true] {
+        let mut ledger: Ledger<Kept, CallError> = Ledger::new(DEFAULT_IDEMPOTENCY_TTL, capacity);
+        if journal {
+            let (journal, recovered) = Journal::open(&dir, DEFAULT_IDEMPOTENCY_TTL, fill).unwrap();
+            ledger.attach_journal(journal, &recovered.in_doubt);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        let mut cpu = Duration::ZERO;
+        let started = Instant::now();
+        let mut took = Vec::with_capacity(calls);
+        for (i, r) in requests.iter().enumerate() {
+            if i == fill {
+                cpu = procs::cpu_time(None);
+            }
+            let t = Instant::now();
+            let id = validate::request_id(&r.request_id).unwrap();
+            let (key, fingerprint) = (Key::new(&r.account_id, id), Fingerprint::of(r));
+            let outcome = ledger
+                .run(key, fingerprint, false, deadline, |mut doubt| {
+                    doubt.sent();
+                    doubt.answered();
+                    drop(doubt);
+                    std::future::ready(Ending::Final(make()))
+                })
+                .await;
+            drop(std::hint::black_box(outcome));
+            if i >= fill {
+                took.push(t.elapsed().as_micros() as u64);
+            }
+        }
+        took.sort_unstable();
+        let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
+        let used = procs::cpu_time(None) - cpu;
+        let seconds = started.elapsed().as_secs_f64();
+        let per_call = used.saturating_sub(floor).as_secs_f64() * 1e6 / calls as f64;
+        let run = generator::Run {
+            requests: calls as u64,
+            seconds,
+            rps: (fill + calls) as f64 / seconds,
+            p50_us: at(0.5),
+            p90_us: at(0.9),
+            p99_us: at(0.99),
+            p999_us: at(0.999),
+            max_us: at(1.0),
+            codes: [("OK".to_owned(), calls as u64)].into(),
+            ..Default::default()
+        };
+        let (name, label) = if journal {
+            ("ledger-path-state-dir", "with --state-dir")
+        } else {
+            ("ledger-path", "memory only")
+        };
+        let label = format!("{calls} calls with new request ids through a full memory, {label}, in process");
+        report.push(Scenario::new(name, &label, run).cpu(per_call));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// How many times the request-id pairs alternate, and how long each run lasts.
+const ID_ROUNDS: usize = 6;
+const ID_ROUND: Duration = Duration::from_secs(3);
+
+/// What a request id costs per call, in two gateway processes of their own: one keeping request
+/// ids in memory only, one with `--state-dir`. The client draws a request id for every call in
+/// both (and sends it in one). In each, the request-id memory is first filled (the
+/// steady state of a busy gateway), then closed loops without and with a new request id on every
+/// call alternate [`ID_ROUNDS`] times (ABBA), so that drift in the machine's load falls on both
+/// alike.
+/// CPU per call is the median of the rounds (one noisy round moves it little); the latencies are
+/// the last round's.
+async fn request_ids(emulator: &str, concurrency: usize, report: &mut Report) {
+    let dir = std::env::temp_dir().join(format!("chime-bench-state-{}", std::process::id()));
+    let state_dir = dir.to_str().unwrap().to_owned();
+    for (suffix, extra) in [("", vec![]), ("-state-dir", vec!["--state-dir", &state_dir])] {
+        let (gateway, _) = procs::gateway(emulator, &extra).await;
+        let client = grpc_client(&gateway.addr).await;
+        let calls = [
+            (
+                format!("gateway-without-id{suffix}"),
+                grpc_call(client.clone(), Ids::Drawn),
+            ),
+            (
+                format!("gateway-request-id{suffix}"),
+                grpc_call(client, Ids::With),
+            ),
+        ];
+        closed_loop(concurrency, Duration::from_millis(500), calls[0].1.clone()).await;
+        let fill = DEFAULT_IDEMPOTENCY_CAPACITY * 6 / 5;
+        counted_loop(concurrency, fill, calls[1].1.clone()).await;
+        let mut cpus = [Vec::new(), Vec::new()];
+        let mut last = Vec::new();
+        for round in 1..=ID_ROUNDS {
+            // Without first in odd rounds, with first in even ones: whatever the order does
+            // (the machine's drift within a round, the client's own work just before) falls on
+            // both alike.
+            let mut order: Vec<_> = calls.iter().zip(&mut cpus).collect();
+            if round % 2 == 0 {
+                order.reverse();
+            }
+            for ((name, call), cpus) in order {
+                let pid = Some(gateway.pid());
+                let (run, cpu) = with_cpu(pid, closed_loop(concurrency, ID_ROUND, call.clone())).await;
+                println!(
+                    "  {name} round {round}: {cpu:.1} us per call, {:.0} calls/s",
+                    run.rps
+                );
+                cpus.push(cpu);
+                if round == ID_ROUNDS {
+                    last.push((name.clone(), run));
+                }
+            }
+        }
+        let label = format!(
+            "closed loop, {concurrency} concurrent, {ID_ROUNDS} rounds of {} s alternating, median CPU",
+            ID_ROUND.as_secs()
+        );
+        last.sort_by_key(|(name, _)| calls.iter().position(|(n, _)| n == name));
+        for (((name, _), cpus), (_, run)) in calls.iter().zip(cpus).zip(last) {
+            report.push(Scenario::new(name, &label, run).cpu(median(cpus)));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// Calls one fresh gateway as many times as fill the request-id memory at its default capacity
@@ -347,7 +555,7 @@ async fn ledger(emulator: &str, concurrency: usize, ids: Ids, report: &mut Repor
     let (run, cpu) = with_cpu(Some(gateway.pid()), counted_loop(concurrency, calls, call)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let name = match ids {
-        Ids::Without => "ledger-empty",
+        Ids::Without | Ids::Drawn => "ledger-empty",
         Ids::With => "ledger-full",
     };
     let label = format!("{calls} calls, {concurrency} concurrent, then RSS");

@@ -24,6 +24,8 @@ pub const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 pub struct Proc {
     pub child: Child,
     pub addr: String,
+    /// The metrics port's address, for a gateway.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Proc {
@@ -60,7 +62,11 @@ pub async fn emulator_with(settings: &[(&str, &str)]) -> Proc {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = lines.next_line().await.unwrap().unwrap();
     let addr = line.split_once("listening on ").unwrap().1.trim().to_owned();
-    Proc { child, addr }
+    Proc {
+        child,
+        addr,
+        metrics: None,
+    }
 }
 
 pub fn free_port() -> SocketAddr {
@@ -95,6 +101,7 @@ pub async fn gateway_at(emulator_url: &str, listen: &str, extra: &[&str]) -> (Pr
         Proc {
             child,
             addr: listen.to_owned(),
+            metrics: Some(metrics),
         },
         ready.duration_since(started),
     )
@@ -116,6 +123,7 @@ pub async fn bare_server_at(listen: &str) -> Proc {
     Proc {
         child,
         addr: listen.to_owned(),
+        metrics: None,
     }
 }
 
@@ -211,4 +219,34 @@ pub async fn admin(emulator_url: &str, method: http::Method, path: &str, body: &
     let response = client.request(request).await.unwrap();
     let status = response.status().as_u16();
     (status, response.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// How many CreateUser calls the gateway at `metrics` has handled in all, and how many of them
+/// took longer than each of [`crate::generator::SLOW_MS`] by its own histogram
+/// (`grpc_server_handling_seconds`: from the call reaching the handler to its answer).
+pub async fn handled_slower_than(metrics: SocketAddr) -> (u64, std::collections::BTreeMap<u64, u64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    let bucket = |le: &str| -> u64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("grpc_server_handling_seconds_bucket{")
+                    && l.contains("grpc_method=\"CreateUser\"")
+                    && l.contains(&format!("le=\"{le}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let total = bucket("+Inf");
+    let slower = crate::generator::SLOW_MS
+        .iter()
+        .map(|&ms| (ms, total - bucket(&format!("{}", ms as f64 / 1000.0))))
+        .collect();
+    (total, slower)
 }

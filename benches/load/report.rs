@@ -1,7 +1,7 @@
 //! The results: ghz-like text per scenario, `target/bench/results.json`, and the generated section
 //! of `BENCHMARKS.md` (between its markers; the rest of that file is prose).
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::Serialize;
 
@@ -19,6 +19,9 @@ pub struct Scenario {
     pub cpu_us_per_call: Option<f64>,
     /// Peak (or sampled maximum) RSS of the process under test, in KiB.
     pub rss_kib: Option<u64>,
+    /// For a gateway: the calls it handled in the run, and how many took longer than each of
+    /// `SLOW_MS` by its own histogram.
+    pub handled: Option<(u64, BTreeMap<u64, u64>)>,
 }
 
 impl Scenario {
@@ -29,7 +32,13 @@ impl Scenario {
             run,
             cpu_us_per_call: None,
             rss_kib: None,
+            handled: None,
         }
+    }
+
+    pub fn handled(mut self, calls: u64, slower_than_ms: BTreeMap<u64, u64>) -> Self {
+        self.handled = Some((calls, slower_than_ms));
+        self
     }
 
     pub fn cpu(mut self, us: f64) -> Self {
@@ -100,22 +109,28 @@ impl Report {
         let low_p50 = gw_low.p50_us as i64 - sdk_low.p50_us as i64;
         let low_p99 = gw_low.p99_us as i64 - sdk_low.p99_us as i64;
         let in_flight = self.get("in-flight-1000").rss_kib.unwrap_or(0);
-        let ids_ratio = cpu("gateway-request-id") / cpu("sdk-alone").max(f64::EPSILON);
-        let ids_extra = cpu("gateway-request-id") - cpu("gateway");
+        let [ids_memory, ids_state_dir] = self.request_id_costs();
         let rss = |n: &str| self.get(n).rss_kib.unwrap_or(0);
         let ledger_kib = rss("ledger-full").saturating_sub(rss("ledger-empty"));
-        let failed_below: u64 = ["gateway", "gateway-request-id", "gateway-half"]
-            .iter()
-            .map(|n| {
-                self.get(n)
-                    .run
-                    .codes
-                    .iter()
-                    .filter(|(c, _)| *c != "OK")
-                    .map(|(_, v)| v)
-                    .sum::<u64>()
-            })
-            .sum();
+        let failed_below: u64 = [
+            "gateway",
+            "gateway-without-id",
+            "gateway-request-id",
+            "gateway-without-id-state-dir",
+            "gateway-request-id-state-dir",
+            "gateway-half",
+        ]
+        .iter()
+        .map(|n| {
+            self.get(n)
+                .run
+                .codes
+                .iter()
+                .filter(|(c, _)| *c != "OK")
+                .map(|(_, v)| v)
+                .sum::<u64>()
+        })
+        .sum();
         let overload = &self.get("overload").run;
         let only_shed = overload.codes.keys().all(|c| c == "OK" || c == "Unavailable");
         let rows = [
@@ -126,9 +141,21 @@ impl Report {
                 ratio <= 1.5,
             ),
             (
-                "(reference) gateway CPU per call with a request id / SDK-alone CPU per call",
+                "CPU a request id adds per call, memory only (ledger-path, in process)",
+                "<= 3 us",
+                format!("{:.2} us", cpu("ledger-path")),
+                cpu("ledger-path") <= 3.0,
+            ),
+            (
+                "CPU a request id adds per call, with --state-dir (ledger-path-state-dir, in process)",
+                "<= 8 us",
+                format!("{:.2} us", cpu("ledger-path-state-dir")),
+                cpu("ledger-path-state-dir") <= 8.0,
+            ),
+            (
+                "(reference) the same, end to end: gateway-request-id - gateway-without-id, memory only / with --state-dir (medians of 6 alternating rounds; one round varies by 10-40 us here)",
                 "-",
-                format!("{ids_ratio:.2}x ({ids_extra:+.0} us per call for the request id)"),
+                format!("{ids_memory:+.1} us / {ids_state_dir:+.1} us"),
                 true,
             ),
             (
@@ -214,6 +241,23 @@ impl Report {
             .collect();
     }
 
+    /// The CPU per call a request id adds, memory only and with `--state-dir`: each pair was
+    /// measured alternating in one process.
+    fn request_id_costs(&self) -> [f64; 2] {
+        let cpu = |n: &str| self.get(n).cpu_us_per_call.unwrap_or(0.0);
+        ["", "-state-dir"].map(|suffix| {
+            cpu(&format!("gateway-request-id{suffix}")) - cpu(&format!("gateway-without-id{suffix}"))
+        })
+    }
+
+    /// Prints what `BENCH_ONLY=request-id` measured.
+    pub fn print_request_id_cost(&self) {
+        let [memory, state_dir] = self.request_id_costs();
+        println!(
+            "a request id adds {memory:+.1} us of CPU per call (memory only), {state_dir:+.1} us with --state-dir"
+        );
+    }
+
     fn find(&self, name: &str) -> Option<&Scenario> {
         self.scenarios.iter().find(|s| s.name == name)
     }
@@ -235,6 +279,29 @@ impl Report {
                 "<= 1.5x",
                 format!("{ratio:.2}x ({:.0} / {:.0} us)", cpu(gw), cpu(sdk)),
                 ratio <= 1.5,
+            ));
+        }
+        if let (Some(gw), Some(bare)) = (self.find("gateway-half"), self.find("bare-tonic-half"))
+            && let Some((handled, by_gateway)) = &gw.handled
+        {
+            let counts = |m: &BTreeMap<u64, u64>| {
+                m.iter()
+                    .map(|(ms, n)| format!("{ms} ms: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            rows.push((
+                "(reference) at half saturation, calls slower than: gateway-half as the bench saw them / as the gateway handled them / bare-tonic-half".to_owned(),
+                "-",
+                format!(
+                    "{} of {} / {} of {handled} / {} of {}",
+                    counts(&gw.run.slower_than_ms),
+                    gw.run.requests,
+                    counts(by_gateway),
+                    counts(&bare.run.slower_than_ms),
+                    bare.run.requests
+                ),
+                true,
             ));
         }
         if let (Some(tcp), Some(unix)) = (self.find("bare-tonic-low"), self.find("bare-tonic-low-unix")) {
@@ -300,7 +367,11 @@ impl Report {
                 us(r.p99_us),
                 us(r.p999_us),
                 us(r.max_us),
-                s.cpu_us_per_call.map_or("".into(), |c| format!("{c:.0} us")),
+                s.cpu_us_per_call.map_or("".into(), |c| if c < 10.0 {
+                    format!("{c:.1} us")
+                } else {
+                    format!("{c:.0} us")
+                }),
                 s.rss_kib.map_or("".into(), mib),
                 r.codes,
             );
