@@ -150,8 +150,8 @@ pub struct Config {
     #[arg(long, env = ENV_IDEMPOTENCY_TTL, default_value = "15m", value_parser = positive_duration)]
     pub idempotency_ttl: Duration,
 
-    /// Most request_id outcomes kept (an answer over 1 KiB counts once per KiB); the oldest
-    /// and least used go first. The default adds at most 16 MiB when full.
+    /// Most request_id outcomes kept (an answer over 1 KiB counts once per KiB); the oldest go
+    /// first. The default adds at most 16 MiB when full.
     #[arg(long, env = ENV_IDEMPOTENCY_CAPACITY, default_value = "10000",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub idempotency_capacity: u64,
