@@ -12,6 +12,7 @@
 use std::{
     collections::{HashMap, VecDeque, hash_map},
     future::Future,
+    hash::BuildHasherDefault,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
@@ -27,8 +28,8 @@ use super::{DigestHasher, Doubt, Ending, Fingerprint, Journal, Keep, Key, Marks,
 /// exact), and there are at most [`MAX_SHARDS`].
 const SHARD_MIN: u64 = 1024;
 const MAX_SHARDS: u64 = 16;
-/// How long settled entries live when the TTL is too long to add to the clock.
-const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// How long settled entries live when the TTL is too long to add to the clock: 100 years.
+const FOREVER: Duration = Duration::from_secs(3_155_760_000);
 
 type Reply<V, E> = oneshot::Sender<Result<V, Arc<E>>>;
 
@@ -60,7 +61,7 @@ enum Entry<V: Keep, E> {
 }
 
 struct Shard<V: Keep, E> {
-    entries: HashMap<Key, Entry<V, E>, DigestHasher>,
+    entries: HashMap<Key, Entry<V, E>, BuildHasherDefault<DigestHasher>>,
     /// Settled entries as they were written, oldest first: `(key, stamp)`.
     order: VecDeque<(Key, u64)>,
     /// The weight of the settled entries.
@@ -445,6 +446,11 @@ impl<V: Keep, E> Ledger<V, E> {
 
 #[cfg(test)]
 impl<V: Keep, E> Ledger<V, E> {
+    /// What a [`Doubt`] dropped with an attempt in flight does.
+    pub(super) fn mark(&self, key: Key, fingerprint: Fingerprint) {
+        self.shared.mark(key, fingerprint);
+    }
+
     /// How many shards, and the longest queue of written entries among them.
     pub(super) fn shape(&self) -> (usize, usize) {
         let longest = self

@@ -19,10 +19,7 @@
 //! Owns keys, fingerprints, what is kept and for how long; knows nothing of HTTP, gRPC statuses
 //! or the upstream. Never sees an email in clear beyond hashing it.
 
-use std::{
-    hash::{BuildHasher, Hasher},
-    sync::Arc,
-};
+use std::{hash::Hasher, sync::Arc};
 
 use sha2::{Digest, Sha256};
 
@@ -66,14 +63,6 @@ impl Hasher for DigestHasher {
 
     fn write_u64(&mut self, n: u64) {
         self.0 ^= n;
-    }
-}
-
-impl BuildHasher for DigestHasher {
-    type Hasher = DigestHasher;
-
-    fn build_hasher(&self) -> DigestHasher {
-        DigestHasher(0)
     }
 }
 

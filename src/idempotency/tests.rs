@@ -1,6 +1,7 @@
 //! The ledger with plain values: what is kept, for how long, and who runs.
 
 use std::{
+    hash::BuildHasher,
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
@@ -292,8 +293,14 @@ fn fingerprints_tell_every_field_and_its_presence_apart() {
 fn a_key_hashes_to_its_digest_head_and_the_hasher_mixes_bytes() {
     let k = key(7);
     let head = u64::from_le_bytes(*k.0.split_first_chunk::<8>().unwrap().0);
-    assert_eq!(DigestHasher::default().hash_one(k), head);
-    assert_ne!(DigestHasher::default().hash_one(key(8)), head);
+    assert_eq!(
+        std::hash::BuildHasherDefault::<DigestHasher>::default().hash_one(k),
+        head
+    );
+    assert_ne!(
+        std::hash::BuildHasherDefault::<DigestHasher>::default().hash_one(key(8)),
+        head
+    );
     let mut bytes = DigestHasher::default();
     bytes.write(&[1, 2]);
     assert_eq!(bytes.finish(), 0x0102);
@@ -452,6 +459,14 @@ async fn an_answer_heavier_than_the_memory_is_answered_but_not_kept() {
     let l = L::new(Duration::from_secs(60), 2);
     let runs = AtomicU32::new(0);
     run(&l, key(1), fp("a@x.io"), &runs, final_answer("small")).await;
+    let exact = "x".repeat(2 * WEIGHT_UNIT);
+    run(&l, key(3), fp("a@x.io"), &runs, Ending::Final(Answer(exact))).await;
+    assert_eq!(
+        (l.kept(), l.weight()),
+        (1, 2),
+        "as heavy as the memory: kept, alone"
+    );
+    run(&l, key(1), fp("a@x.io"), &runs, final_answer("small")).await;
     let big = "x".repeat(2 * WEIGHT_UNIT + 1);
     let first = run(
         &l,
@@ -559,4 +574,103 @@ async fn a_call_dropped_with_nothing_in_flight_leaves_no_doubt_here_or_in_the_jo
     l.attach_journal(Journal::open(&dir, ttl, 100).unwrap().0, &recovered.in_doubt);
     assert!(l.in_doubt(&key(2)), "a restarted ledger knows the doubt");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Kills the boundary mutants of expiry: an entry is gone at the very instant its TTL ends, for
+// a repeat and for the queue alike.
+#[tokio::test(start_paused = true)]
+async fn an_entry_expires_at_the_very_end_of_its_ttl() {
+    let ttl = Duration::from_millis(100);
+    let l = L::new(ttl, 100);
+    let runs = AtomicU32::new(0);
+    run(&l, key(1), fp("a@x.io"), &runs, final_answer("1")).await;
+    tokio::time::advance(ttl).await;
+    let again = run(&l, key(1), fp("a@x.io"), &runs, final_answer("2")).await;
+    assert_eq!(answer(&again), (Ok(Answer("2".into())), false));
+    run(&l, key(2), fp("a@x.io"), &runs, final_answer("3")).await;
+    tokio::time::advance(ttl).await;
+    // Written exactly one TTL after key 2 (and key 1's second answer): both let out.
+    run(&l, key(3), fp("a@x.io"), &runs, final_answer("4")).await;
+    assert_eq!(l.weight(), 1);
+    tokio::time::advance(ttl).await;
+    l.mark(key(3), fp("a@x.io"));
+    assert!(
+        l.in_doubt(&key(3)),
+        "an answer at the end of its TTL gives way to doubt"
+    );
+}
+
+// Kills the mutants of the queue's bound: stale places count against twice the capacity, and
+// the queue lets out its oldest live entry only once it holds more than that.
+#[tokio::test]
+async fn the_queue_holds_twice_the_capacity_before_doubt_churn_pushes_the_oldest_out() {
+    let l = L::new(Duration::from_secs(60), 4);
+    in_doubt(&l, 1).await;
+    for _ in 0..7 {
+        in_doubt(&l, 2).await;
+    }
+    assert_eq!(l.shape().1, 8);
+    assert!(l.in_doubt(&key(1)), "8 places: none over the bound yet");
+    in_doubt(&l, 2).await;
+    assert!(!l.in_doubt(&key(1)), "9 places: the oldest goes");
+    assert!(l.in_doubt(&key(2)));
+}
+
+// Kills the mutants of replacing a settled entry: the old one's weight comes off.
+#[tokio::test]
+async fn doubt_recorded_twice_is_weighed_once() {
+    let dir = std::env::temp_dir().join(format!("chime-ledger-{}", uuid::Uuid::new_v4()));
+    let (journal, _) = Journal::open(&dir, Duration::from_secs(60), 100).unwrap();
+    let mut l = ledger();
+    let recovered = [(key(1), fp("a@x.io")), (key(1), fp("a@x.io"))];
+    l.attach_journal(journal, &recovered);
+    assert_eq!(l.weight(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_doubt_debugs_as_what_it_knows() {
+    assert_eq!(
+        format!("{:?}", Doubt::none()),
+        "Doubt { request_id: false, in_flight: false, before: false }"
+    );
+}
+
+// Kills the mutants of `mark`: a dropped call's doubt marks its own run, never another request's,
+// and never replaces a kept answer while it lives.
+#[tokio::test]
+async fn a_mark_lands_on_its_own_run_or_in_doubt_and_never_on_a_kept_answer() {
+    let l = L::new(Duration::from_millis(200), 100);
+    let runs = AtomicU32::new(0);
+    run(&l, key(1), fp("a@x.io"), &runs, final_answer("kept")).await;
+    l.mark(key(1), fp("a@x.io"));
+    assert!(!l.in_doubt(&key(1)));
+    assert_eq!(l.kept(), 1);
+    l.mark(key(2), fp("a@x.io"));
+    assert!(l.in_doubt(&key(2)), "nothing there: a marker");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    l.mark(key(1), fp("a@x.io"));
+    assert!(l.in_doubt(&key(1)), "the answer expired: a marker");
+    // Marks arriving while a call runs: its own request's counts, another's does not.
+    let l = ledger();
+    let outcome = l
+        .run(key(3), fp("a@x.io"), false, far(), |_| async {
+            l.mark(key(3), fp("b@x.io"));
+            Ending::<Answer, &'static str>::Passing {
+                error: "throttled",
+                in_doubt: false,
+            }
+        })
+        .await;
+    assert!(matches!(outcome, Outcome::Answer { .. }));
+    assert!(!l.in_doubt(&key(3)), "another request's mark is not this run's");
+    l.run(key(3), fp("a@x.io"), false, far(), |_| async {
+        l.mark(key(3), fp("a@x.io"));
+        Ending::<Answer, &'static str>::Passing {
+            error: "throttled",
+            in_doubt: false,
+        }
+    })
+    .await;
+    assert!(l.in_doubt(&key(3)), "its own request's mark leaves the doubt");
 }
