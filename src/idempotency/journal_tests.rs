@@ -186,9 +186,11 @@ fn a_close_goes_out_with_the_next_open_and_a_kill_before_it_only_leaves_doubt() 
         journal.opened(key(n), fp(3)).unwrap();
     }
     let before = len();
-    for n in 10..10 + PENDING_MAX as u128 {
+    for n in 10..9 + PENDING_MAX as u128 {
         journal.closed(key(n)).unwrap();
     }
+    assert_eq!(len(), before, "all but one wait");
+    journal.closed(key(9 + PENDING_MAX as u128)).unwrap();
     assert_eq!(len(), before + (PENDING_MAX * RECORD_LEN) as u64);
     journal.closed(key(2)).unwrap();
     // Dropped in good order: the waiting close is written.
@@ -214,4 +216,63 @@ fn after_a_failed_write_the_file_is_rewritten_whole() {
     in_doubt.sort_by_key(|(_, f)| f.0);
     assert_eq!(in_doubt, vec![(key(1), fp(1)), (key(2), fp(2)), (key(3), fp(3))]);
     assert_eq!(recovered.damaged_bytes, 0);
+}
+
+/// Opens `key(first)`, then for each of `steps` closes the key before and opens the next: each
+/// open's write carries the close before it.
+fn churn(journal: &Journal, first: u128, steps: u128) {
+    journal.opened(key(first), fp(9)).unwrap();
+    for n in first..first + steps {
+        journal.closed(key(n)).unwrap();
+        journal.opened(key(n + 1), fp(9)).unwrap();
+    }
+}
+
+// Kills the mutants of the compaction threshold: the file is rewritten the moment it holds
+// COMPACT_MIN records (with few keys live), and not before four records per live key.
+#[test]
+fn compaction_starts_at_its_threshold_exactly() {
+    let d = dir();
+    let (journal, _) = Journal::open(&d.0, TTL, 10_000).unwrap();
+    journal.opened(key(0), fp(1)).unwrap();
+    // 1 + 1 records, then 2 per step: 4096 after 2047 steps.
+    churn(&journal, 1_000_000, 2046);
+    assert_eq!(journal.records(), COMPACT_MIN - 2);
+    churn_once(&journal, 1_000_000 + 2047);
+    assert_eq!(journal.records(), 2, "rewritten with the two live keys");
+
+    let d = dir();
+    let (journal, _) = Journal::open(&d.0, TTL, 10_000).unwrap();
+    for n in 0..2000 {
+        journal.opened(key(n), fp(1)).unwrap();
+    }
+    // 2,001 live keys: not rewritten until 8,004 records.
+    churn(&journal, 1_000_000, 2500);
+    assert_eq!(journal.records(), 2001 + 2 * 2500);
+}
+
+fn churn_once(journal: &Journal, n: u128) {
+    journal.closed(key(n - 1)).unwrap();
+    journal.opened(key(n), fp(9)).unwrap();
+}
+
+// Kills the mutants of the capacity at compaction: the oldest keys beyond it are let go.
+#[test]
+fn compaction_keeps_the_newest_keys_up_to_the_capacity() {
+    let d = dir();
+    let (journal, _) = Journal::open(&d.0, TTL, 3).unwrap();
+    for n in 0..10 {
+        journal.opened(key(n), fp(1)).unwrap();
+    }
+    churn(&journal, 1_000_000, 2100);
+    assert!(journal.live() <= 4, "{}", journal.live());
+}
+
+#[test]
+fn a_journal_that_cannot_be_read_is_an_error() {
+    let d = dir();
+    std::fs::create_dir_all(&d.0).unwrap();
+    // A link to itself: opening it fails with something other than "not found".
+    std::os::unix::fs::symlink(FILE_NAME, d.0.join(FILE_NAME)).unwrap();
+    assert!(Journal::open(&d.0, TTL, 10).is_err());
 }
