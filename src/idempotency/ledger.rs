@@ -79,14 +79,14 @@ impl<V: Keep, E> Shard<V, E> {
         }
     }
 
-    /// Writes a settled entry for `key` (replacing one there), then lets out what expired and
-    /// what is over `capacity`.
+    /// Writes a settled entry for `key` (replacing one there) at `now`, to live until `expires`,
+    /// then lets out what expired and what is over `capacity`.
     fn settle(
         &mut self,
         key: Key,
         fingerprint: Fingerprint,
         answer: Option<V::Stored>,
-        expires: Instant,
+        (now, expires): (Instant, Instant),
         capacity: u64,
     ) {
         let weight = answer.as_ref().map_or(1, |a| weight(V::footprint(a)));
@@ -108,13 +108,12 @@ impl<V: Keep, E> Shard<V, E> {
         }
         self.weight += u64::from(weight);
         self.order.push_back((key, stamp));
-        self.evict(capacity);
+        self.evict(now, capacity);
     }
 
     /// Removes settled entries from the front of the queue while they have expired or the shard
     /// is over its capacity, and stale places as they reach the front.
-    fn evict(&mut self, capacity: u64) {
-        let now = Instant::now();
+    fn evict(&mut self, now: Instant, capacity: u64) {
         while let Some(&(key, stamp)) = self.order.front() {
             if let Some(Entry::Settled(s)) = self.entries.get(&key)
                 && s.stamp == stamp
@@ -159,9 +158,10 @@ impl<V: Keep, E> Shared<V, E> {
         self.shards[index].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn expires(&self) -> Instant {
+    /// Now, and when an entry written now expires: one read of the clock per write.
+    fn clock(&self) -> (Instant, Instant) {
         let now = Instant::now();
-        now.checked_add(self.ttl).unwrap_or(now + FOREVER)
+        (now, now.checked_add(self.ttl).unwrap_or(now + FOREVER))
     }
 
     fn begin(&self, key: Key, fingerprint: Fingerprint) -> Begin<V, E> {
@@ -208,14 +208,14 @@ impl<V: Keep, E> Shared<V, E> {
     /// Ends the running call for `key`: keeps `answer`, or leaves the key in doubt if the call
     /// (or one before it) left it so. Returns the calls that waited, and whether it is in doubt.
     fn finish(&self, key: Key, answer: Option<V::Stored>, in_doubt: bool) -> (Vec<Reply<V, E>>, bool) {
-        let expires = self.expires();
+        let clock = self.clock();
         let mut shard = self.shard(&key);
         let Some(Entry::Running(running)) = shard.entries.remove(&key) else {
             unreachable!("only the running call ends its entry");
         };
         let doubted = in_doubt || running.marked || running.dropped_in_flight;
         if answer.is_some() || doubted {
-            shard.settle(key, running.fingerprint, answer, expires, self.capacity);
+            shard.settle(key, running.fingerprint, answer, clock, self.capacity);
         }
         (running.waiters, doubted)
     }
@@ -223,7 +223,7 @@ impl<V: Keep, E> Shared<V, E> {
     /// Leaves `key` in doubt (replacing a marker there, never a kept answer or another call's
     /// run).
     fn mark(&self, key: Key, fingerprint: Fingerprint) {
-        let expires = self.expires();
+        let clock = self.clock();
         let mut shard = self.shard(&key);
         match shard.entries.get_mut(&key) {
             Some(Entry::Running(r)) => {
@@ -231,8 +231,8 @@ impl<V: Keep, E> Shared<V, E> {
                     r.dropped_in_flight = true;
                 }
             }
-            Some(Entry::Settled(s)) if s.answer.is_some() && s.expires > Instant::now() => {}
-            _ => shard.settle(key, fingerprint, None, expires, self.capacity),
+            Some(Entry::Settled(s)) if s.answer.is_some() && s.expires > clock.0 => {}
+            _ => shard.settle(key, fingerprint, None, clock, self.capacity),
         }
     }
 }
