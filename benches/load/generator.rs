@@ -186,3 +186,84 @@ where
     let tally = std::mem::take(&mut *tally.lock().unwrap());
     tally.finish(started.elapsed())
 }
+
+/// One window of [`alternating`]: which kind of call ran, and what was measured over it.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// 0 or 1: the index of the call that ran.
+    pub arm: usize,
+    /// How far the probe moved over the window.
+    pub probed: Duration,
+    /// Calls that finished within the window.
+    pub calls: u64,
+}
+
+/// Two kinds of call made by the same `concurrency` workers, switching between them every
+/// `window` in ABBA order (0, 1, 1, 0, 0, 1, ...) for `duration`. After each switch, calls of the
+/// other kind still in flight get `settle` to finish; then `probe` (a process's CPU time, say) is
+/// read, and read again at the window's end, with the count of calls that finished between.
+/// Alternating this often puts both kinds under the same drift of a noisy machine.
+/// Returns each kind's latencies, and the windows in order.
+pub async fn alternating<F, Fut, P>(
+    concurrency: usize,
+    duration: Duration,
+    (window, settle): (Duration, Duration),
+    calls: [F; 2],
+    probe: P,
+) -> ([Run; 2], Vec<Window>)
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = String> + Send,
+    P: Fn() -> Duration,
+{
+    let arm = Arc::new(AtomicU64::new(0));
+    let finished = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (calls, arm, finished, stop) = (calls.clone(), arm.clone(), finished.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut tallies = [Tally::default(), Tally::default()];
+                while !stop.load(Ordering::Relaxed) {
+                    let which = arm.load(Ordering::Relaxed) as usize;
+                    let t = Instant::now();
+                    let code = calls[which](next_id()).await;
+                    tallies[which].record(&code, t.elapsed());
+                    finished.fetch_add(1, Ordering::Relaxed);
+                }
+                tallies
+            })
+        })
+        .collect();
+    let mut windows = Vec::new();
+    let mut spent = [Duration::ZERO; 2];
+    for i in 0usize.. {
+        if started.elapsed() + window > duration {
+            break;
+        }
+        // ABBA: 0, 1, 1, 0, then again.
+        let which = usize::from(matches!(i % 4, 1 | 2));
+        let switched = Instant::now();
+        arm.store(which as u64, Ordering::Relaxed);
+        tokio::time::sleep(settle).await;
+        let (from, before) = (probe(), finished.load(Ordering::Relaxed));
+        tokio::time::sleep(window - settle).await;
+        let (to, after) = (probe(), finished.load(Ordering::Relaxed));
+        spent[which] += switched.elapsed();
+        windows.push(Window {
+            arm: which,
+            probed: to.saturating_sub(from),
+            calls: after - before,
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut tallies = [Tally::default(), Tally::default()];
+    for w in workers {
+        for (mine, theirs) in tallies.iter_mut().zip(w.await.unwrap()) {
+            mine.merge(theirs);
+        }
+    }
+    let [first, second] = tallies;
+    ([first.finish(spent[0]), second.finish(spent[1])], windows)
+}

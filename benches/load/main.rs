@@ -12,8 +12,9 @@
 //! 6. `in-flight-1000`: 1,000 calls held in flight by a slow emulator, with the default
 //!    `--upstream-max-connections` and then with others (the memory/throughput trade-off);
 //! 7. `gateway-request-id`: 2 with a new request id on every call against `gateway-without-id`,
-//!    alternating in a gateway of their own (the ledger's cost per call), and the same pair with
-//!    `--state-dir` (`*-state-dir`); `gateway-unprotected`: 2 with the retry budget and send rate
+//!    in a gateway of their own, the same closed loop switching between the two every 40 ms (what
+//!    a request id costs per call, as a mean over paired windows with its 95% confidence
+//!    interval), and the same pair with `--state-dir` (`*-state-dir`); `gateway-unprotected`: 2 with the retry budget and send rate
 //!    off (what they cost);
 //! 8. `ledger-*`: RSS after as many calls as fill the request-id memory at its default capacity,
 //!    with request ids and without (the memory a full ledger adds);
@@ -469,80 +470,56 @@ async fn ledger_path(calls: usize, report: &mut Report) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// How many times the request-id pairs alternate, and how long each run lasts.
-const ID_ROUNDS: usize = 6;
-const ID_ROUND: Duration = Duration::from_secs(3);
+/// How long the request-id pairs run in each gateway, and how their windows alternate: a switch,
+/// time for the other kind's calls in flight to finish, then the measured window.
+const ID_RUN: Duration = Duration::from_secs(40);
+const ID_WINDOWS: (Duration, Duration) = (Duration::from_millis(40), Duration::from_millis(15));
 
 /// What a request id costs per call, in two gateway processes of their own: one keeping request
 /// ids in memory only, one with `--state-dir`. The client draws a request id for every call in
-/// both (and sends it in one). In each, the request-id memory is first filled (the
-/// steady state of a busy gateway), then closed loops without and with a new request id on every
-/// call alternate [`ID_ROUNDS`] times (ABBA), so that drift in the machine's load falls on both
-/// alike.
-/// CPU per call is the median of the rounds (one noisy round moves it little); the latencies are
-/// the last round's.
+/// both arms (and sends it in one). In each gateway the request-id memory is first filled (the
+/// steady state of a busy gateway); then the same closed loop switches between calls without
+/// and with a new request id every [`ID_WINDOWS`] (ABBA), reading the gateway's CPU time at each
+/// window's ends. A noisy machine's drift (one 3 s run of the same code varies by 10-40 us per
+/// call here) falls on both arms alike, and each adjacent pair of windows is one paired
+/// difference.
 async fn request_ids(emulator: &str, concurrency: usize, report: &mut Report) {
     let dir = std::env::temp_dir().join(format!("chime-bench-state-{}", std::process::id()));
     let state_dir = dir.to_str().unwrap().to_owned();
-    for (suffix, extra) in [("", vec![]), ("-state-dir", vec!["--state-dir", &state_dir])] {
+    for (i, (suffix, extra)) in [("", vec![]), ("-state-dir", vec!["--state-dir", &state_dir])]
+        .into_iter()
+        .enumerate()
+    {
         let (gateway, _) = procs::gateway(emulator, &extra).await;
         let client = grpc_client(&gateway.addr).await;
         let calls = [
-            (
-                format!("gateway-without-id{suffix}"),
-                grpc_call(client.clone(), Ids::Drawn),
-            ),
-            (
-                format!("gateway-request-id{suffix}"),
-                grpc_call(client, Ids::With),
-            ),
+            grpc_call(client.clone(), Ids::Drawn),
+            grpc_call(client, Ids::With),
         ];
-        closed_loop(concurrency, Duration::from_millis(500), calls[0].1.clone()).await;
+        closed_loop(concurrency, Duration::from_millis(500), calls[0].clone()).await;
         let fill = DEFAULT_IDEMPOTENCY_CAPACITY * 6 / 5;
-        counted_loop(concurrency, fill, calls[1].1.clone()).await;
-        let mut cpus = [Vec::new(), Vec::new()];
-        let mut last = Vec::new();
-        for round in 1..=ID_ROUNDS {
-            // Without first in odd rounds, with first in even ones: whatever the order does
-            // (the machine's drift within a round, the client's own work just before) falls on
-            // both alike.
-            let mut order: Vec<_> = calls.iter().zip(&mut cpus).collect();
-            if round % 2 == 0 {
-                order.reverse();
-            }
-            for ((name, call), cpus) in order {
-                let pid = Some(gateway.pid());
-                let (run, cpu) = with_cpu(pid, closed_loop(concurrency, ID_ROUND, call.clone())).await;
-                println!(
-                    "  {name} round {round}: {cpu:.1} us per call, {:.0} calls/s",
-                    run.rps
-                );
-                cpus.push(cpu);
-                if round == ID_ROUNDS {
-                    last.push((name.clone(), run));
-                }
-            }
-        }
+        counted_loop(concurrency, fill, calls[1].clone()).await;
+        let pid = gateway.pid();
+        let (runs, windows) = generator::alternating(concurrency, ID_RUN, ID_WINDOWS, calls, || {
+            procs::cpu_time(Some(pid))
+        })
+        .await;
+        let added = report::Added::of(&windows);
         let label = format!(
-            "closed loop, {concurrency} concurrent, {ID_ROUNDS} rounds of {} s alternating, median CPU",
-            ID_ROUND.as_secs()
+            "closed loop, {concurrency} concurrent, {} s alternating every {} ms",
+            ID_RUN.as_secs(),
+            ID_WINDOWS.0.as_millis()
         );
-        last.sort_by_key(|(name, _)| calls.iter().position(|(n, _)| n == name));
-        for (((name, _), cpus), (_, run)) in calls.iter().zip(cpus).zip(last) {
-            report.push(Scenario::new(name, &label, run).cpu(median(cpus)));
+        let names = [
+            format!("gateway-without-id{suffix}"),
+            format!("gateway-request-id{suffix}"),
+        ];
+        for ((name, run), cpu) in names.iter().zip(runs).zip(added.arms) {
+            report.push(Scenario::new(name, &label, run).cpu(cpu));
         }
+        report.request_ids[i] = Some(added);
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => 0.0,
-        _ if n % 2 == 1 => values[n / 2],
-        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }
 
 /// Calls one fresh gateway as many times as fill the request-id memory at its default capacity

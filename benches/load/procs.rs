@@ -175,22 +175,23 @@ async fn wait_serving(addr: &str) -> Instant {
     }
 }
 
-/// User plus system CPU time a process has used.
+/// User plus system CPU time a process has used, to the nanosecond (its CPU-time clock, not the
+/// 10 ms ticks of `/proc/<pid>/stat`).
 pub fn cpu_time(pid: Option<u32>) -> Duration {
-    let path = pid.map_or_else(|| "/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
-    let stat = std::fs::read_to_string(path).unwrap();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
-}
-
-fn clock_ticks() -> u64 {
-    let out = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+    let mut clock = libc::CLOCK_PROCESS_CPUTIME_ID;
+    if let Some(pid) = pid {
+        // SAFETY: `clock` is a valid place for the clock id.
+        let err = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
+        assert_eq!(err, 0, "no CPU-time clock for process {pid}");
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid place for the time.
+    let err = unsafe { libc::clock_gettime(clock, &mut ts) };
+    assert_eq!(err, 0, "{}", std::io::Error::last_os_error());
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
