@@ -2,30 +2,30 @@
 //! user without the caller hearing of it, so that a restarted gateway still looks up their
 //! retries' 409s (SPEC section 7).
 //!
-//! One append-only file of fixed-size records, `in-doubt.journal`: `open` (an attempt is about
-//! to be sent for this key) and `close` (the key's calls ended knowing their outcome). A key whose
-//! last record is `open` is in doubt. A call's `open` is one `write` to the kernel before its
-//! first attempt is sent, which outlives a crash or SIGKILL of the process (not a crash of the
-//! machine: no fsync). `close` records wait and go out in the same `write` as the next `open`
-//! (or when the journal is dropped, or when [`PENDING_MAX`] of them wait), so a call costs one
-//! system call; a kill loses at most the waiting closes, and leaves their keys in doubt, which
-//! only makes a retry's 409 be looked up. On start the file is read up to the first damaged or
-//! torn record, what was read is kept, and the file is rewritten with the live keys alone; it is
-//! rewritten the same way whenever it holds four times more records than live keys (and at least
-//! `COMPACT_MIN`), so it stays bounded like the memory, and after a failed write, so that no
-//! record follows a torn one.
+//! One file of fixed-size records, `in-doubt.journal`: `open` (an attempt is about to be sent for
+//! this key) and `close` (the key's calls ended knowing their outcome). A key whose last record is
+//! `open` is in doubt. The file is mapped into the process, shared: a record is copied into the
+//! kernel's page cache itself, so it outlives a crash or SIGKILL of the process the moment the
+//! copy ends (not a crash of the machine: no fsync), and recording costs no system call. The file
+//! is sized ahead, with room for four records per live key (and at least [`COMPACT_MIN`]), written
+//! with zeros before it is mapped so that its blocks exist: a full disk is an error then, never a
+//! fault on a copy. When the room is used up, the live keys alone (less the expired ones, and the
+//! oldest beyond the capacity) are written to a new file that takes its place, so the file stays
+//! bounded like the memory. On start the file is read up to the first damaged or torn record (or
+//! the zeros of unused room), what was read is kept, and the file is rewritten the same way.
 //!
 //! Knows files, keys and fingerprints; never HTTP, gRPC or emails.
 
 use std::{
     collections::HashMap,
     fs::{self, File, OpenOptions},
-    io::{self, Read, Write},
+    io::{self, Read},
     path::{Path, PathBuf},
     sync::{Mutex, PoisonError},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use memmap2::MmapMut;
 use sha2::{Digest, Sha256};
 
 use super::{Fingerprint, Key};
@@ -34,10 +34,10 @@ use super::{Fingerprint, Key};
 pub const FILE_NAME: &str = "in-doubt.journal";
 /// Bytes of one record: kind, key, fingerprint, time (ms since the epoch), checksum.
 pub const RECORD_LEN: usize = 1 + 32 + 32 + 8 + 4;
-/// The fewest records a file holds before it is compacted.
+/// The fewest records a file has room for.
 const COMPACT_MIN: u64 = 4096;
-/// The most `close` records that wait for the next `open`.
-pub const PENDING_MAX: usize = 64;
+/// Records of room a file gets per live key.
+const ROOM_PER_KEY: u64 = 4;
 
 const OPEN: u8 = 1;
 const CLOSE: u8 = 2;
@@ -106,7 +106,8 @@ pub struct Recovered {
     pub in_doubt: Vec<(Key, Fingerprint)>,
     /// Whole records read.
     pub records: u64,
-    /// Bytes after the last whole, sound record (a torn write or damage), not read.
+    /// Bytes after the last whole, sound record (a torn write or damage), not read; zeros at the
+    /// end (room never used) do not count.
     pub damaged_bytes: u64,
     /// Keys dropped because they were older than the TTL.
     pub expired: u64,
@@ -117,14 +118,11 @@ type Live = HashMap<Key, (Fingerprint, u64)>;
 
 #[derive(Debug)]
 struct Inner {
-    file: File,
+    /// The file, mapped; `None` after a rewrite failed, until one succeeds.
+    map: Option<MmapMut>,
     live: Live,
-    /// Records in the file.
+    /// Records in the file: the next one goes at this index.
     records: u64,
-    /// Encoded `close` records not yet written.
-    pending: Vec<u8>,
-    /// A write failed, perhaps halfway: the file is rewritten before the next one.
-    torn: bool,
 }
 
 /// The journal of one gateway process.
@@ -148,7 +146,7 @@ impl Journal {
         let excess = live.len().saturating_sub(capacity);
         recovered.expired += excess as u64;
         let live: HashMap<_, _> = live.into_iter().skip(excess).collect();
-        let file = rewrite(&path, &live)?;
+        let map = rewrite(&path, &live)?;
         let mut in_doubt: Vec<_> = live.iter().map(|(k, (f, at))| (*at, *k, *f)).collect();
         in_doubt.sort_by_key(|(at, key, _)| (*at, key.0));
         recovered.in_doubt = in_doubt.into_iter().map(|(_, k, f)| (k, f)).collect();
@@ -158,33 +156,29 @@ impl Journal {
             ttl,
             capacity,
             inner: Mutex::new(Inner {
-                file,
+                map: Some(map),
                 live,
                 records,
-                pending: Vec::new(),
-                torn: false,
             }),
         };
         Ok((journal, recovered))
     }
 
-    /// Records that an attempt for `key` is about to be sent: written (with any waiting closes)
-    /// before this returns.
+    /// Records that an attempt for `key` is about to be sent: in the kernel's hands when this
+    /// returns.
     pub fn opened(&self, key: Key, fingerprint: Fingerprint) -> io::Result<()> {
-        let at_ms = now_ms();
         let record = Record {
             open: true,
             key,
             fingerprint,
-            at_ms,
+            at_ms: now_ms(),
         };
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.live.insert(key, (fingerprint, at_ms));
-        inner.pending.extend_from_slice(&record.encode());
-        self.flush(&mut inner)
+        inner.live.insert(key, (fingerprint, record.at_ms));
+        self.append(&mut inner, &record)
     }
 
-    /// Records that `key`'s calls ended knowing their outcome: written with the next `open`.
+    /// Records that `key`'s calls ended knowing their outcome.
     pub fn closed(&self, key: Key) -> io::Result<()> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let Some((fingerprint, _)) = inner.live.remove(&key) else {
@@ -196,30 +190,27 @@ impl Journal {
             fingerprint,
             at_ms: now_ms(),
         };
-        inner.pending.extend_from_slice(&record.encode());
-        if inner.pending.len() < PENDING_MAX * RECORD_LEN {
-            return Ok(());
-        }
-        self.flush(&mut inner)
+        self.append(&mut inner, &record)
     }
 
-    /// Writes the waiting records in one `write`, then compacts when the file holds mostly
-    /// settled keys (or a write failed).
-    fn flush(&self, inner: &mut Inner) -> io::Result<()> {
-        if !inner.torn {
-            let written = inner.file.write_all(&inner.pending);
-            let records = (inner.pending.len() / RECORD_LEN) as u64;
-            inner.pending.clear();
-            if let Err(e) = written {
-                inner.torn = true;
-                return Err(e);
+    /// Copies `record` into the file, first rewriting the file if it has no room left (or a
+    /// rewrite failed before). A rewrite writes the live keys, which already say what `record`
+    /// says.
+    fn append(&self, inner: &mut Inner, record: &Record) -> io::Result<()> {
+        let at = inner.records as usize * RECORD_LEN;
+        match &mut inner.map {
+            Some(map) if at + RECORD_LEN <= map.len() => {
+                map[at..at + RECORD_LEN].copy_from_slice(&record.encode());
+                inner.records += 1;
+                Ok(())
             }
-            inner.records += records;
-            let live = inner.live.len() as u64;
-            if inner.records < COMPACT_MIN.max(live * 4) {
-                return Ok(());
-            }
+            _ => self.compact(inner),
         }
+    }
+
+    /// Lets go of the keys older than the TTL and the oldest beyond the capacity, and writes the
+    /// rest to a new file in place of the old one.
+    fn compact(&self, inner: &mut Inner) -> io::Result<()> {
         let horizon = now_ms().saturating_sub(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
         inner.live.retain(|_, (_, at)| *at >= horizon);
         if inner.live.len() > self.capacity {
@@ -230,10 +221,8 @@ impl Journal {
                 inner.live.remove(&key);
             }
         }
-        // The live keys hold what the waiting records said.
-        inner.pending.clear();
-        inner.file = rewrite(&self.path, &inner.live)?;
-        inner.torn = false;
+        inner.map = None;
+        inner.map = Some(rewrite(&self.path, &inner.live)?);
         inner.records = inner.live.len() as u64;
         Ok(())
     }
@@ -250,16 +239,6 @@ impl Journal {
     /// Records in the file now.
     pub fn records(&self) -> u64 {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner).records
-    }
-}
-
-impl Drop for Journal {
-    /// Writes the waiting closes, so that a gateway that stops in good order leaves no key in
-    /// doubt that was not.
-    fn drop(&mut self) {
-        // After a torn record these land past it, where no reader looks.
-        let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
-        let _ = inner.file.write_all(&inner.pending);
     }
 }
 
@@ -288,7 +267,13 @@ fn read(path: &Path, ttl: Duration) -> io::Result<(Live, Recovered)> {
             live.remove(&record.key);
         }
     }
-    recovered.damaged_bytes = (bytes.len() - sound) as u64;
+    // Zeros after the last record are room never used, not damage; a record with anything in it
+    // counts whole (its own last bytes may be zeros).
+    let end = bytes
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(0, |last| (last + 1).next_multiple_of(RECORD_LEN).min(bytes.len()));
+    recovered.damaged_bytes = end.saturating_sub(sound) as u64;
     let horizon = now_ms().saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
     let before = live.len();
     live.retain(|_, (_, at)| *at >= horizon);
@@ -296,25 +281,31 @@ fn read(path: &Path, ttl: Duration) -> io::Result<(Live, Recovered)> {
     Ok((live, recovered))
 }
 
-/// Writes the live keys to a new file and puts it in place of the journal: the file to append to.
-fn rewrite(path: &Path, live: &Live) -> io::Result<File> {
-    let fresh = path.with_extension("journal.new");
-    {
-        let mut out = io::BufWriter::new(File::create(&fresh)?);
-        for (key, (fingerprint, at_ms)) in live {
-            let record = Record {
-                open: true,
-                key: *key,
-                fingerprint: *fingerprint,
-                at_ms: *at_ms,
-            };
-            out.write_all(&record.encode())?;
-        }
-        // No fsync: the journal is for a crash of the process, not of the machine.
-        out.flush()?;
+/// Writes the live keys to a new file, with room for [`ROOM_PER_KEY`] records per key (and at
+/// least [`COMPACT_MIN`]) filled with zeros, puts it in place of the journal and maps it.
+fn rewrite(path: &Path, live: &Live) -> io::Result<MmapMut> {
+    let room = COMPACT_MIN.max(ROOM_PER_KEY * live.len() as u64) as usize;
+    let mut bytes = Vec::with_capacity(room * RECORD_LEN);
+    for (key, (fingerprint, at_ms)) in live {
+        let record = Record {
+            open: true,
+            key: *key,
+            fingerprint: *fingerprint,
+            at_ms: *at_ms,
+        };
+        bytes.extend_from_slice(&record.encode());
     }
+    bytes.resize(room * RECORD_LEN, 0);
+    let fresh = path.with_extension("journal.new");
+    // No fsync: the journal is for a crash of the process, not of the machine.
+    fs::write(&fresh, &bytes)?;
     fs::rename(&fresh, path)?;
-    OpenOptions::new().append(true).open(path)
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    // SAFETY: the file is this gateway's own, in its `--state-dir` (one directory per gateway),
+    // and nothing else truncates it while it is mapped: a rewrite puts a new file in its place
+    // by rename, and this mapping is dropped first. Its blocks were written above, so a copy
+    // into the mapping cannot fault for want of disk space.
+    unsafe { MmapMut::map_mut(&file) }
 }
 
 #[cfg(test)]

@@ -47,8 +47,7 @@ fn keys_left_open_are_in_doubt_after_a_restart_and_closed_ones_are_not() {
         // Closing a key never opened writes nothing.
         journal.closed(key(9)).unwrap();
         assert_eq!(journal.live(), 2);
-        // The close waits for the next open, or for the journal to be dropped.
-        assert_eq!(journal.records(), 3);
+        assert_eq!(journal.records(), 4);
     }
     let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
     let mut in_doubt = recovered.in_doubt.clone();
@@ -56,10 +55,11 @@ fn keys_left_open_are_in_doubt_after_a_restart_and_closed_ones_are_not() {
     assert_eq!(in_doubt, vec![(key(1), fp(1)), (key(3), fp(3))]);
     assert_eq!(recovered.records, 4);
     assert_eq!(recovered.damaged_bytes, 0);
-    // Reading rewrote the file with the live keys alone.
+    // Reading rewrote the file with the live keys alone, and zeros for room.
     assert_eq!(journal.records(), 2);
-    let len = std::fs::metadata(d.0.join(FILE_NAME)).unwrap().len();
-    assert_eq!(len, 2 * RECORD_LEN as u64);
+    let bytes = std::fs::read(d.0.join(FILE_NAME)).unwrap();
+    assert_eq!(bytes.len(), COMPACT_MIN as usize * RECORD_LEN);
+    assert!(bytes[2 * RECORD_LEN..].iter().all(|b| *b == 0));
 }
 
 #[test]
@@ -71,12 +71,23 @@ fn a_torn_last_record_is_read_up_to_the_damage() {
         journal.opened(key(2), fp(2)).unwrap();
     }
     let path = d.0.join(FILE_NAME);
-    let bytes = std::fs::read(&path).unwrap();
-    // A write cut short by a kill: half a record at the end.
-    std::fs::write(&path, &bytes[..RECORD_LEN + RECORD_LEN / 2]).unwrap();
-    let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    // A copy cut short by a kill: half a record, then the zeros of the room.
+    bytes[RECORD_LEN + RECORD_LEN / 2..2 * RECORD_LEN].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
     assert_eq!(recovered.in_doubt, vec![(key(1), fp(1))]);
+    assert_eq!(recovered.damaged_bytes, RECORD_LEN as u64);
+    // Cut after its first byte: the record still counts whole.
+    bytes[RECORD_LEN + 1..2 * RECORD_LEN].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
+    assert_eq!(recovered.damaged_bytes, RECORD_LEN as u64);
+    // A file cut short within a record: what is there is counted.
+    std::fs::write(&path, &bytes[..RECORD_LEN + RECORD_LEN / 2]).unwrap();
+    let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
     assert_eq!(recovered.damaged_bytes, RECORD_LEN as u64 / 2);
+    let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
     // Appends go after sound records only.
     journal.opened(key(3), fp(3)).unwrap();
     drop(journal);
@@ -162,52 +173,46 @@ fn an_unusable_directory_is_an_error() {
 }
 
 #[test]
-fn a_close_goes_out_with_the_next_open_and_a_kill_before_it_only_leaves_doubt() {
+fn every_record_is_in_the_file_when_the_call_returns() {
     let d = dir();
     let path = d.0.join(FILE_NAME);
-    let len = || std::fs::metadata(&path).unwrap().len();
     let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
     journal.opened(key(1), fp(1)).unwrap();
     journal.closed(key(1)).unwrap();
-    assert_eq!(len(), RECORD_LEN as u64, "the close waits");
     journal.opened(key(2), fp(2)).unwrap();
-    assert_eq!(
-        len(),
-        3 * RECORD_LEN as u64,
-        "one write: the close, then the open"
-    );
-    journal.closed(key(2)).unwrap();
-    // Killed before another open: the waiting close is lost, and key 2 reads back in doubt.
+    // Read back by another reader while the journal is open: the page cache holds the copies.
+    let bytes = std::fs::read(&path).unwrap();
+    let records: Vec<_> = bytes
+        .chunks_exact(RECORD_LEN)
+        .map_while(|c| Record::decode(c.try_into().unwrap()))
+        .map(|r| (r.open, r.key))
+        .collect();
+    assert_eq!(records, vec![(true, key(1)), (false, key(1)), (true, key(2))]);
+    // Killed (nothing runs on the way out): key 2 alone reads back in doubt.
     std::mem::forget(journal);
     let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
     assert_eq!(recovered.in_doubt, vec![(key(2), fp(2))]);
-    // Enough closes are written without waiting for an open.
-    for n in 10..10 + PENDING_MAX as u128 {
-        journal.opened(key(n), fp(3)).unwrap();
-    }
-    let before = len();
-    for n in 10..9 + PENDING_MAX as u128 {
-        journal.closed(key(n)).unwrap();
-    }
-    assert_eq!(len(), before, "all but one wait");
-    journal.closed(key(9 + PENDING_MAX as u128)).unwrap();
-    assert_eq!(len(), before + (PENDING_MAX * RECORD_LEN) as u64);
     journal.closed(key(2)).unwrap();
-    // Dropped in good order: the waiting close is written.
-    drop(journal);
+    std::mem::forget(journal);
     let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
     assert!(recovered.in_doubt.is_empty(), "{:?}", recovered.in_doubt);
 }
 
 #[test]
-fn after_a_failed_write_the_file_is_rewritten_whole() {
+fn after_a_failed_rewrite_the_next_record_retries_it() {
     let d = dir();
     let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
     journal.opened(key(1), fp(1)).unwrap();
-    // The disk is full: the write fails (perhaps halfway).
-    journal.inner.lock().unwrap().file = OpenOptions::new().write(true).open("/dev/full").unwrap();
+    // The new file cannot be made (as on a full disk): the rewrite when the room is used fails.
+    let blocker = d.0.join(FILE_NAME).with_extension("journal.new");
+    std::fs::create_dir(&blocker).unwrap();
+    let steps = u128::from(COMPACT_MIN - 2) / 2;
+    churn(&journal, 1_000, steps);
+    assert_eq!(journal.records(), COMPACT_MIN);
     assert!(journal.opened(key(2), fp(2)).is_err());
-    // The next open puts a whole file in place, with every live key.
+    assert!(journal.closed(key(1_000 + steps)).is_err());
+    std::fs::remove_dir(&blocker).unwrap();
+    // The next record puts a whole file in place, with every live key.
     journal.opened(key(3), fp(3)).unwrap();
     assert_eq!(journal.records(), 3);
     std::mem::forget(journal);
@@ -228,32 +233,38 @@ fn churn(journal: &Journal, first: u128, steps: u128) {
     }
 }
 
-// Kills the mutants of the compaction threshold: the file is rewritten the moment it holds
-// COMPACT_MIN records (with few keys live), and not before four records per live key.
+// Kills the mutants of the room: the file is rewritten when a record finds it full, not
+// before, and a rewrite leaves room for four records per live key.
 #[test]
-fn compaction_starts_at_its_threshold_exactly() {
+fn the_file_is_rewritten_when_its_room_is_used_and_not_before() {
     let d = dir();
+    let len = || std::fs::metadata(d.0.join(FILE_NAME)).unwrap().len();
     let (journal, _) = Journal::open(&d.0, TTL, 10_000).unwrap();
     journal.opened(key(0), fp(1)).unwrap();
-    // 1 + 1 records, then 2 per step: 4096 after 2047 steps.
-    churn(&journal, 1_000_000, 2046);
-    assert_eq!(journal.records(), COMPACT_MIN - 2);
-    churn_once(&journal, 1_000_000 + 2047);
-    assert_eq!(journal.records(), 2, "rewritten with the two live keys");
+    // 1 + 1 records, then 2 per step: the room (COMPACT_MIN) is full after 2047 steps.
+    churn(&journal, 1_000_000, 2047);
+    assert_eq!(journal.records(), COMPACT_MIN);
+    journal.closed(key(1_000_000 + 2047)).unwrap();
+    assert_eq!(journal.records(), 1, "rewritten with the one live key");
+    assert_eq!(len(), COMPACT_MIN * RECORD_LEN as u64);
 
-    let d = dir();
-    let (journal, _) = Journal::open(&d.0, TTL, 10_000).unwrap();
-    for n in 0..2000 {
+    // 2,000 keys open, then churn: the rewrite keeps 2,001 and makes room for 8,004.
+    for n in 1..2000 {
         journal.opened(key(n), fp(1)).unwrap();
     }
-    // 2,001 live keys: not rewritten until 8,004 records.
-    churn(&journal, 1_000_000, 2500);
-    assert_eq!(journal.records(), 2001 + 2 * 2500);
-}
-
-fn churn_once(journal: &Journal, n: u128) {
-    journal.closed(key(n - 1)).unwrap();
-    journal.opened(key(n), fp(9)).unwrap();
+    // 2000 records: 1,048 steps reach 4,097, the first that finds the room full.
+    churn(&journal, 2_000_000, 1048);
+    assert_eq!(journal.records(), 2001, "rewritten with the 2,001 live keys");
+    assert_eq!(len(), 8004 * RECORD_LEN as u64);
+    // 2001 + 1 + 2 per step: full at 8,004 after 3,001 steps, rewritten at the next record.
+    churn(&journal, 3_000_000, 3001);
+    assert_eq!(journal.records(), 8004);
+    journal.closed(key(3_000_000 + 3001)).unwrap();
+    assert_eq!(
+        journal.records(),
+        2001,
+        "rewritten: the churn closed what it opened"
+    );
 }
 
 // Kills the mutants of the capacity at compaction: the oldest keys beyond it are let go.
