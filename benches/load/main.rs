@@ -14,10 +14,12 @@
 //! 7. `gateway-request-id`: 2 with a new request id on every call against `gateway-without-id`,
 //!    in a gateway of their own, the same closed loop switching between the two every 40 ms (what
 //!    a request id costs per call, as a mean over paired windows with its 95% confidence
-//!    interval), and the same pair with `--state-dir` (`*-state-dir`); `gateway-unprotected`: 2 with the retry budget and send rate
-//!    off (what they cost);
-//! 8. `ledger-*`: RSS after as many calls as fill the request-id memory at its default capacity,
-//!    with request ids and without (the memory a full ledger adds);
+//!    interval), and the same pair with `--state-dir` (`*-state-dir`); `gateway-unprotected`: 2
+//!    with the retry budget and send rate off (what they cost);
+//! 8. `ledger-path*`: the request-id path alone in this process, hot, with `--state-dir`, and
+//!    cold (the caches walked over before each call); `ledger-empty`, `ledger-full`: RSS after as
+//!    many calls as fill the request-id memory at its default capacity, with request ids and
+//!    without (the memory a full ledger adds);
 //! 9. `*-workers-N`, `*-threads-N`: at the low rate, the gateway with `--worker-threads N` and the
 //!    SDK alone on N threads, for 1, 2 and one per core;
 //! 10. `*-unix`: the bare round trip and the gateway at the low rate over a Unix socket, and
@@ -367,6 +369,7 @@ fn mender(calls: u64, report: &mut Report) {
 /// alone: parse the id, digest the key and the fingerprint, and run the call through a full
 /// request-id memory (its answer stored, the oldest evicted), without and with the journal of
 /// `--state-dir`. CPU per call of this process, less a loop that makes and drops the same answer.
+/// `ledger-path-cold`: the first, with the caches walked over before each call.
 async fn ledger_path(calls: usize, report: &mut Report) {
     use chime_gateway::{
         error::CallError,
@@ -412,7 +415,26 @@ async fn ledger_path(calls: usize, report: &mut Report) {
     }
     let floor = procs::cpu_time(None) - before;
     let dir = std::env::temp_dir().join(format!("chime-bench-ledger-{}", std::process::id()));
-    for journal in [false, true] {
+    // Cold: before each call, a walk over more memory than the caches near the core hold, as a
+    // gateway's other work (the SDK, hyper, h2) leaves them between one call's request-id work
+    // and the next. Timed per call, less the same walk before making an answer.
+    let cold_calls = calls / 10;
+    let mut walk = vec![0u8; THRASH_BYTES];
+    let mut thrash = move || {
+        for line in walk.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(1);
+        }
+        std::hint::black_box(&walk);
+    };
+    let mut cold_floor = Duration::ZERO;
+    for _ in 0..cold_calls {
+        thrash();
+        let t = Instant::now();
+        drop(std::hint::black_box(make()));
+        cold_floor += t.elapsed();
+    }
+    for (journal, cold) in [(false, false), (true, false), (false, true)] {
+        let calls = if cold { cold_calls } else { calls };
         let mut ledger: Ledger<Kept, CallError> = Ledger::new(DEFAULT_IDEMPOTENCY_TTL, capacity);
         if journal {
             let (journal, recovered) = Journal::open(&dir, DEFAULT_IDEMPOTENCY_TTL, fill).unwrap();
@@ -422,9 +444,12 @@ async fn ledger_path(calls: usize, report: &mut Report) {
         let mut cpu = Duration::ZERO;
         let started = Instant::now();
         let mut took = Vec::with_capacity(calls);
-        for (i, r) in requests.iter().enumerate() {
+        for (i, r) in requests.iter().take(fill + calls).enumerate() {
             if i == fill {
                 cpu = procs::cpu_time(None);
+            }
+            if cold && i >= fill {
+                thrash();
             }
             let t = Instant::now();
             let id = validate::request_id(&r.request_id).unwrap();
@@ -439,14 +464,19 @@ async fn ledger_path(calls: usize, report: &mut Report) {
                 .await;
             drop(std::hint::black_box(outcome));
             if i >= fill {
-                took.push(t.elapsed().as_micros() as u64);
+                took.push(t.elapsed());
             }
         }
-        took.sort_unstable();
-        let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
-        let used = procs::cpu_time(None) - cpu;
+        let per_call = if cold {
+            let timed: Duration = took.iter().sum();
+            timed.saturating_sub(cold_floor).as_secs_f64() * 1e6 / calls as f64
+        } else {
+            let used = procs::cpu_time(None) - cpu;
+            used.saturating_sub(floor).as_secs_f64() * 1e6 / calls as f64
+        };
         let seconds = started.elapsed().as_secs_f64();
-        let per_call = used.saturating_sub(floor).as_secs_f64() * 1e6 / calls as f64;
+        took.sort_unstable();
+        let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize].as_micros() as u64;
         let run = generator::Run {
             requests: calls as u64,
             seconds,
@@ -459,16 +489,23 @@ async fn ledger_path(calls: usize, report: &mut Report) {
             codes: [("OK".to_owned(), calls as u64)].into(),
             ..Default::default()
         };
-        let (name, label) = if journal {
-            ("ledger-path-state-dir", "with --state-dir")
-        } else {
-            ("ledger-path", "memory only")
+        let (name, label) = match (journal, cold) {
+            (true, _) => ("ledger-path-state-dir", "with --state-dir".to_owned()),
+            (false, false) => ("ledger-path", "memory only".to_owned()),
+            (false, true) => (
+                "ledger-path-cold",
+                format!("memory only, {} MiB walked before each", THRASH_BYTES >> 20),
+            ),
         };
         let label = format!("{calls} calls with new request ids through a full memory, {label}, in process");
         report.push(Scenario::new(name, &label, run).cpu(per_call));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What `ledger-path-cold` walks before each call: more than the core's own caches (L1, L2) and
+/// a good share of the shared L3.
+const THRASH_BYTES: usize = 16 << 20;
 
 /// How long the request-id pairs run in each gateway, and how their windows alternate: a switch,
 /// time for the other kind's calls in flight to finish, then the measured window.
