@@ -200,8 +200,9 @@ pub struct Window {
 
 /// Two kinds of call made by the same `concurrency` workers, switching between them every
 /// `window` in ABBA order (0, 1, 1, 0, 0, 1, ...) for `duration`. After each switch, calls of the
-/// other kind still in flight get `settle` to finish; then `probe` (a process's CPU time, say) is
-/// read, and read again at the window's end, with the count of calls that finished between.
+/// other kind still in flight get `settle` to finish; then `probe` for the window's kind (the CPU
+/// time of the process that does its work, say) is read, and read again at the window's end,
+/// with the count of calls that finished between.
 /// Alternating this often puts both kinds under the same drift of a noisy machine.
 /// Returns each kind's latencies, and the windows in order.
 pub async fn alternating<F, Fut, P>(
@@ -214,7 +215,7 @@ pub async fn alternating<F, Fut, P>(
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = String> + Send,
-    P: Fn() -> Duration,
+    P: Fn(usize) -> Duration,
 {
     let arm = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(AtomicU64::new(0));
@@ -247,9 +248,9 @@ where
         let switched = Instant::now();
         arm.store(which as u64, Ordering::Relaxed);
         tokio::time::sleep(settle).await;
-        let (from, before) = (probe(), finished.load(Ordering::Relaxed));
+        let (from, before) = (probe(which), finished.load(Ordering::Relaxed));
         tokio::time::sleep(window - settle).await;
-        let (to, after) = (probe(), finished.load(Ordering::Relaxed));
+        let (to, after) = (probe(which), finished.load(Ordering::Relaxed));
         spent[which] += switched.elapsed();
         windows.push(Window {
             arm: which,

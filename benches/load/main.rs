@@ -4,7 +4,8 @@
 //!
 //! Scenarios, all on loopback, the emulator in its own process:
 //! 1. `sdk-alone`: the AWS SDK calling the emulator from this process (no gRPC hop);
-//! 2. `gateway`: a tonic client -> the gateway process -> the emulator;
+//! 2. `gateway`: a tonic client -> the gateway process -> the emulator; 1 and 2 alternate every
+//!    40 ms in one closed loop, so that the ratio of their CPU per call holds on a noisy machine;
 //! 3. `bare-tonic`: a tonic server answering a fixed response (the gRPC-only floor);
 //! 4. `*-half`: 1, 2 and 3 at a fixed rate of half the gateway's saturated rate, with the calls
 //!    over 5, 10, 25 and 50 ms as the bench client saw them and as the gateway handled them;
@@ -159,20 +160,36 @@ async fn suite() {
     closed_loop(concurrency, Duration::from_millis(500), sdk_fn.clone()).await;
     closed_loop(concurrency, Duration::from_millis(500), gw_fn.clone()).await;
 
-    let label = format!("closed loop, {concurrency} concurrent");
-    let (run, cpu) = with_cpu(None, closed_loop(concurrency, seconds, sdk_fn.clone())).await;
-    report.push(Scenario::new("sdk-alone", &label, run).cpu(cpu));
-    let (run, cpu) = with_cpu(
-        Some(gateway.pid()),
-        closed_loop(concurrency, seconds, gw_fn.clone()),
+    // The SDK alone (this process's CPU) and the gateway (its process's CPU) alternate like the
+    // request-id pair, so that the ratio of their costs is measured under the same drift.
+    let label = |other: &str| {
+        format!(
+            "closed loop, {concurrency} concurrent, alternating with {other} every {} ms",
+            ID_WINDOWS.0.as_millis()
+        )
+    };
+    let erased: [std::sync::Arc<dyn Fn(u64) -> futures_call::Call + Send + Sync>; 2] = [
+        std::sync::Arc::new(sdk_fn.clone()),
+        std::sync::Arc::new(gw_fn.clone()),
+    ];
+    let gateway_pid = gateway.pid();
+    let ([sdk_run, gw_run], windows) = generator::alternating(
+        concurrency,
+        seconds * 2,
+        ID_WINDOWS,
+        erased.map(|call| move |id| call(id)),
+        |arm| procs::cpu_time((arm == 1).then_some(gateway_pid)),
     )
     .await;
-    let saturated = run.rps;
+    let [sdk_cpu, gw_cpu] = report::Added::of(&windows).arms;
+    report.push(Scenario::new("sdk-alone", &label("gateway"), sdk_run).cpu(sdk_cpu));
+    let saturated = gw_run.rps;
     report.push(
-        Scenario::new("gateway", &label, run)
-            .cpu(cpu)
+        Scenario::new("gateway", &label("sdk-alone"), gw_run)
+            .cpu(gw_cpu)
             .rss(procs::status_kib(gateway.pid(), "VmHWM")),
     );
+    let label = format!("closed loop, {concurrency} concurrent");
     unprotected(&emulator.addr, concurrency, seconds, &label, &mut report).await;
 
     let bare = procs::bare_server().await;
@@ -537,7 +554,7 @@ async fn request_ids(emulator: &str, concurrency: usize, report: &mut Report) {
         let fill = DEFAULT_IDEMPOTENCY_CAPACITY * 6 / 5;
         counted_loop(concurrency, fill, calls[1].clone()).await;
         let pid = gateway.pid();
-        let (runs, windows) = generator::alternating(concurrency, ID_RUN, ID_WINDOWS, calls, || {
+        let (runs, windows) = generator::alternating(concurrency, ID_RUN, ID_WINDOWS, calls, |_| {
             procs::cpu_time(Some(pid))
         })
         .await;
