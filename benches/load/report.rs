@@ -73,8 +73,8 @@ pub struct Report {
     pub targets: Vec<Target>,
 }
 
-/// The CPU per call a request id adds, from windows alternating between calls without (arm 0)
-/// and with (arm 1) one in the same gateway.
+/// What windows alternating between two kinds of call measured: each kind's CPU per call, and
+/// what the second (arm 1: with a request id, say) adds over the first (arm 0: without).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Added {
     /// Each arm's CPU per call over all its windows, in microseconds.
