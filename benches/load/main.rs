@@ -165,7 +165,7 @@ async fn suite() {
     let label = |other: &str| {
         format!(
             "closed loop, {concurrency} concurrent, alternating with {other} every {} ms",
-            ID_WINDOWS.0.as_millis()
+            WINDOWS.0.as_millis()
         )
     };
     let erased: [std::sync::Arc<dyn Fn(u64) -> futures_call::Call + Send + Sync>; 2] = [
@@ -176,7 +176,7 @@ async fn suite() {
     let ([sdk_run, gw_run], windows) = generator::alternating(
         concurrency,
         seconds * 2,
-        ID_WINDOWS,
+        WINDOWS,
         erased.map(|call| move |id| call(id)),
         |arm| procs::cpu_time((arm == 1).then_some(gateway_pid)),
     )
@@ -524,16 +524,17 @@ async fn ledger_path(calls: usize, report: &mut Report) {
 /// a good share of the shared L3.
 const THRASH_BYTES: usize = 16 << 20;
 
-/// How long the request-id pairs run in each gateway, and how their windows alternate: a switch,
-/// time for the other kind's calls in flight to finish, then the measured window.
+/// How long the request-id pairs run in each gateway.
 const ID_RUN: Duration = Duration::from_secs(40);
-const ID_WINDOWS: (Duration, Duration) = (Duration::from_millis(40), Duration::from_millis(15));
+/// How the windows of every alternating pair (`sdk-alone`/`gateway`, the request-id pairs) go:
+/// a switch, time for the other kind's calls in flight to finish, then the measured window.
+const WINDOWS: (Duration, Duration) = (Duration::from_millis(40), Duration::from_millis(15));
 
 /// What a request id costs per call, in two gateway processes of their own: one keeping request
 /// ids in memory only, one with `--state-dir`. The client draws a request id for every call in
 /// both arms (and sends it in one). In each gateway the request-id memory is first filled (the
 /// steady state of a busy gateway); then the same closed loop switches between calls without
-/// and with a new request id every [`ID_WINDOWS`] (ABBA), reading the gateway's CPU time at each
+/// and with a new request id every [`WINDOWS`] (ABBA), reading the gateway's CPU time at each
 /// window's ends. A noisy machine's drift (one 3 s run of the same code varies by 10-40 us per
 /// call here) falls on both arms alike, and each adjacent pair of windows is one paired
 /// difference.
@@ -554,7 +555,7 @@ async fn request_ids(emulator: &str, concurrency: usize, report: &mut Report) {
         let fill = DEFAULT_IDEMPOTENCY_CAPACITY * 6 / 5;
         counted_loop(concurrency, fill, calls[1].clone()).await;
         let pid = gateway.pid();
-        let (runs, windows) = generator::alternating(concurrency, ID_RUN, ID_WINDOWS, calls, |_| {
+        let (runs, windows) = generator::alternating(concurrency, ID_RUN, WINDOWS, calls, |_| {
             procs::cpu_time(Some(pid))
         })
         .await;
@@ -562,7 +563,7 @@ async fn request_ids(emulator: &str, concurrency: usize, report: &mut Report) {
         let label = format!(
             "closed loop, {concurrency} concurrent, {} s alternating every {} ms",
             ID_RUN.as_secs(),
-            ID_WINDOWS.0.as_millis()
+            WINDOWS.0.as_millis()
         );
         let names = [
             format!("gateway-without-id{suffix}"),
