@@ -1,13 +1,17 @@
 //! The map behind request ids: one entry per key, in shards under a lock each, every settled
 //! entry (a kept answer, an in-doubt marker) expiring `ttl` after it was written.
 //!
-//! Every settled entry is also queued in the order it was written. All entries live equally
-//! long, so the front of the queue is both the next to expire and the oldest, and it is what goes
-//! when the shard is over its capacity: expiry and the bound are one queue, checked each time an
-//! entry is written. An entry replaced or removed leaves its place in the queue stale (told apart
-//! by a stamp) until it reaches the front; the queue is held to twice the capacity, so no pattern
-//! of calls grows it past that. Running entries (calls in flight) are not counted: the gateway's
-//! concurrency limit bounds them.
+//! A settled entry is a record in a queue, in the order it was written; the shard's map holds
+//! only each key's place in it. All entries live equally long, so the front of the queue is both
+//! the next to expire and the oldest, and it is what goes when the shard is over its capacity:
+//! expiry and the bound are one queue, checked each time an entry is written. A record replaced
+//! or removed drops its answer at once and stays as a stale place until it reaches the front; the
+//! queue is held to twice the capacity, so no pattern of calls grows it past that. Running entries
+//! (calls in flight) are in a map of their own, not counted: the gateway's concurrency limit
+//! bounds them.
+//!
+//! Kept small on purpose: the map's slots are a key and a number, and records are written and
+//! let out in order, so a call touches few cache lines that other calls have not just touched.
 
 use std::{
     collections::{HashMap, VecDeque, hash_map},
@@ -32,6 +36,7 @@ const MAX_SHARDS: u64 = 16;
 const FOREVER: Duration = Duration::from_secs(3_155_760_000);
 
 type Reply<V, E> = oneshot::Sender<Result<V, Arc<E>>>;
+type Map<T> = HashMap<Key, T, BuildHasherDefault<DigestHasher>>;
 
 /// The first call with a key, in flight.
 struct Running<V, E> {
@@ -44,39 +49,58 @@ struct Running<V, E> {
     waiters: Vec<Reply<V, E>>,
 }
 
-/// What a call left for its repeats.
-struct Settled<S> {
+/// What a call left for its repeats, in the queue.
+struct Record<S> {
+    key: Key,
     fingerprint: Fingerprint,
-    /// The kept answer; `None` for a key in doubt.
+    /// The kept answer; `None` for a key in doubt, and for a stale place.
     answer: Option<S>,
-    /// Which place in the queue is this entry's.
-    stamp: u64,
     expires: Instant,
+    /// What the record counts against the capacity; 0 once stale.
     weight: u32,
 }
 
-enum Entry<V: Keep, E> {
-    Running(Running<V, E>),
-    Settled(Settled<V::Stored>),
-}
-
 struct Shard<V: Keep, E> {
-    entries: HashMap<Key, Entry<V, E>, BuildHasherDefault<DigestHasher>>,
-    /// Settled entries as they were written, oldest first: `(key, stamp)`.
-    order: VecDeque<(Key, u64)>,
+    running: Map<Running<V, E>>,
+    /// Each settled key's stamp: the place of its record, counted from the first ever written.
+    settled: Map<u64>,
+    /// Settled entries as they were written, oldest first.
+    records: VecDeque<Record<V::Stored>>,
+    /// The stamp of the record at the front.
+    first: u64,
     /// The weight of the settled entries.
     weight: u64,
-    stamps: u64,
 }
 
 impl<V: Keep, E> Shard<V, E> {
     fn new() -> Self {
         Self {
-            entries: HashMap::default(),
-            order: VecDeque::new(),
+            running: Map::default(),
+            settled: Map::default(),
+            records: VecDeque::new(),
+            first: 0,
             weight: 0,
-            stamps: 0,
         }
+    }
+
+    /// The settled entry of `key`, live or expired.
+    fn get(&self, key: &Key) -> Option<&Record<V::Stored>> {
+        let stamp = self.settled.get(key)?;
+        Some(&self.records[(stamp - self.first) as usize])
+    }
+
+    /// Removes the settled entry of `key`, if any: its record goes stale, its answer is dropped.
+    fn unlink(&mut self, key: &Key) {
+        if let Some(stamp) = self.settled.remove(key) {
+            self.forget(stamp);
+        }
+    }
+
+    fn forget(&mut self, stamp: u64) {
+        let record = &mut self.records[(stamp - self.first) as usize];
+        self.weight -= u64::from(record.weight);
+        record.weight = 0;
+        record.answer = None;
     }
 
     /// Writes a settled entry for `key` (replacing one there) at `now`, to live until `expires`,
@@ -92,40 +116,40 @@ impl<V: Keep, E> Shard<V, E> {
         let weight = answer.as_ref().map_or(1, |a| weight(V::footprint(a)));
         if u64::from(weight) > capacity {
             // Heavier than the whole shard: keeping it would only push everything else out.
+            self.unlink(&key);
             return;
         }
-        let stamp = self.stamps;
-        self.stamps += 1;
-        let entry = Entry::Settled(Settled {
+        let stamp = self.first + self.records.len() as u64;
+        if let Some(old) = self.settled.insert(key, stamp) {
+            self.forget(old);
+        }
+        self.records.push_back(Record {
+            key,
             fingerprint,
             answer,
-            stamp,
             expires,
             weight,
         });
-        if let Some(Entry::Settled(old)) = self.entries.insert(key, entry) {
-            self.weight -= u64::from(old.weight);
-        }
         self.weight += u64::from(weight);
-        self.order.push_back((key, stamp));
         self.evict(now, capacity);
     }
 
     /// Removes settled entries from the front of the queue while they have expired or the shard
     /// is over its capacity, and stale places as they reach the front.
     fn evict(&mut self, now: Instant, capacity: u64) {
-        while let Some(&(key, stamp)) = self.order.front() {
-            if let Some(Entry::Settled(s)) = self.entries.get(&key)
-                && s.stamp == stamp
+        while let Some(front) = self.records.front() {
+            if let hash_map::Entry::Occupied(place) = self.settled.entry(front.key)
+                && *place.get() == self.first
             {
-                let over = self.weight > capacity || self.order.len() as u64 > 2 * capacity;
-                if !over && s.expires > now {
+                let over = self.weight > capacity || self.records.len() as u64 > 2 * capacity;
+                if !over && front.expires > now {
                     return;
                 }
-                self.weight -= u64::from(s.weight);
-                self.entries.remove(&key);
+                self.weight -= u64::from(front.weight);
+                place.remove();
             }
-            self.order.pop_front();
+            self.records.pop_front();
+            self.first += 1;
         }
     }
 }
@@ -165,44 +189,39 @@ impl<V: Keep, E> Shared<V, E> {
     }
 
     fn begin(&self, key: Key, fingerprint: Fingerprint) -> Begin<V, E> {
-        let running = |marked| {
-            Entry::Running(Running {
+        let mut shard = self.shard(&key);
+        let shard = &mut *shard;
+        if let Some(running) = shard.running.get_mut(&key) {
+            if running.fingerprint != fingerprint {
+                return Begin::Reused;
+            }
+            let (reply, wait) = oneshot::channel();
+            running.waiters.push(reply);
+            return Begin::Wait(wait);
+        }
+        let mut marked = false;
+        if let Some(record) = shard.get(&key) {
+            let live = record.expires > Instant::now();
+            if live && record.fingerprint != fingerprint {
+                return Begin::Reused;
+            }
+            if live && let Some(stored) = &record.answer {
+                return Begin::Replay(V::replay(stored));
+            }
+            // Expired, or in doubt: this call runs.
+            marked = live;
+            shard.unlink(&key);
+        }
+        shard.running.insert(
+            key,
+            Running {
                 fingerprint,
                 marked,
                 dropped_in_flight: false,
                 waiters: Vec::new(),
-            })
-        };
-        let mut shard = self.shard(&key);
-        let Shard { entries, weight, .. } = &mut *shard;
-        let mut occupied = match entries.entry(key) {
-            hash_map::Entry::Vacant(vacant) => {
-                vacant.insert(running(false));
-                return Begin::Run { marked: false };
-            }
-            hash_map::Entry::Occupied(occupied) => occupied,
-        };
-        match occupied.get_mut() {
-            Entry::Running(r) if r.fingerprint != fingerprint => Begin::Reused,
-            Entry::Running(r) => {
-                let (reply, wait) = oneshot::channel();
-                r.waiters.push(reply);
-                Begin::Wait(wait)
-            }
-            Entry::Settled(s) => {
-                let live = s.expires > Instant::now();
-                if live && s.fingerprint != fingerprint {
-                    return Begin::Reused;
-                }
-                if live && let Some(stored) = &s.answer {
-                    return Begin::Replay(V::replay(stored));
-                }
-                // Expired, or in doubt: this call runs. Its place in the queue goes stale.
-                *weight -= u64::from(s.weight);
-                occupied.insert(running(live));
-                Begin::Run { marked: live }
-            }
-        }
+            },
+        );
+        Begin::Run { marked }
     }
 
     /// Ends the running call for `key`: keeps `answer`, or leaves the key in doubt if the call
@@ -210,9 +229,10 @@ impl<V: Keep, E> Shared<V, E> {
     fn finish(&self, key: Key, answer: Option<V::Stored>, in_doubt: bool) -> (Vec<Reply<V, E>>, bool) {
         let clock = self.clock();
         let mut shard = self.shard(&key);
-        let Some(Entry::Running(running)) = shard.entries.remove(&key) else {
-            unreachable!("only the running call ends its entry");
-        };
+        let running = shard
+            .running
+            .remove(&key)
+            .expect("only the running call ends its entry");
         let doubted = in_doubt || running.marked || running.dropped_in_flight;
         if answer.is_some() || doubted {
             shard.settle(key, running.fingerprint, answer, clock, self.capacity);
@@ -225,15 +245,19 @@ impl<V: Keep, E> Shared<V, E> {
     fn mark(&self, key: Key, fingerprint: Fingerprint) {
         let clock = self.clock();
         let mut shard = self.shard(&key);
-        match shard.entries.get_mut(&key) {
-            Some(Entry::Running(r)) => {
-                if r.fingerprint == fingerprint {
-                    r.dropped_in_flight = true;
-                }
+        if let Some(running) = shard.running.get_mut(&key) {
+            if running.fingerprint == fingerprint {
+                running.dropped_in_flight = true;
             }
-            Some(Entry::Settled(s)) if s.answer.is_some() && s.expires > clock.0 => {}
-            _ => shard.settle(key, fingerprint, None, clock, self.capacity),
+            return;
         }
+        if let Some(record) = shard.get(&key)
+            && record.answer.is_some()
+            && record.expires > clock.0
+        {
+            return;
+        }
+        shard.settle(key, fingerprint, None, clock, self.capacity);
     }
 }
 
@@ -248,8 +272,8 @@ where
 
 /// The request ids of one gateway process and what became of them.
 pub struct Ledger<V: Keep, E> {
-    shared: Arc<Shared<V, E>>,
-    journal: Option<Arc<Journal>>,
+    shared: Shared<V, E>,
+    journal: Option<Journal>,
 }
 
 impl<V: Keep, E> std::fmt::Debug for Ledger<V, E> {
@@ -299,7 +323,7 @@ where
             capacity: capacity / shards,
         };
         Self {
-            shared: Arc::new(shared),
+            shared,
             journal: None,
         }
     }
@@ -310,15 +334,15 @@ where
         for (key, fingerprint) in in_doubt {
             self.shared.mark(*key, *fingerprint);
         }
-        self.journal = Some(Arc::new(journal));
+        self.journal = Some(journal);
     }
 
     /// Runs `call` once for `key`: a repeat gets the kept answer, a concurrent one waits for the
     /// call in flight (until `deadline`), and a different request under the same key runs
     /// nothing. `retry`: the caller says this call repeats one this process may not have seen, so
     /// its doubt is assumed.
-    pub async fn run<F, Fut>(
-        &self,
+    pub async fn run<'a, F, Fut>(
+        &'a self,
         key: Key,
         fingerprint: Fingerprint,
         retry: bool,
@@ -326,7 +350,7 @@ where
         call: F,
     ) -> Outcome<V, E>
     where
-        F: FnOnce(Doubt) -> Fut,
+        F: FnOnce(Doubt<'a>) -> Fut,
         Fut: Future<Output = Ending<V, E>>,
     {
         let marked = loop {
@@ -358,10 +382,9 @@ where
             key,
             ended: false,
         };
-        let marks: Arc<dyn Marks> = self.shared.clone();
         let doubt = Doubt {
-            mark: Some((marks, key, fingerprint)),
-            journal: self.journal.clone(),
+            mark: Some((&self.shared, key, fingerprint)),
+            journal: self.journal.as_ref(),
             in_flight: false,
             opened: false,
             before: marked || retry,
@@ -415,7 +438,7 @@ where
     /// Whether `key` is in doubt now.
     pub fn in_doubt(&self, key: &Key) -> bool {
         let shard = self.shared.shard(key);
-        matches!(shard.entries.get(key), Some(Entry::Settled(s)) if s.answer.is_none() && s.expires > Instant::now())
+        matches!(shard.get(key), Some(r) if r.answer.is_none() && r.expires > Instant::now())
     }
 }
 
@@ -429,15 +452,16 @@ impl<V: Keep, E> Ledger<V, E> {
     }
 
     /// Settled entries alive now that `which` picks.
-    fn count(&self, which: impl Fn(&Settled<V::Stored>) -> bool) -> u64 {
+    fn count(&self, which: impl Fn(&Record<V::Stored>) -> bool) -> u64 {
         let now = Instant::now();
         let mut n = 0;
         for shard in &self.shared.shards {
             let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             n += shard
-                .entries
+                .settled
                 .values()
-                .filter(|e| matches!(e, Entry::Settled(s) if s.expires > now && which(s)))
+                .map(|&stamp| &shard.records[(stamp - shard.first) as usize])
+                .filter(|r| r.expires > now && which(r))
                 .count() as u64;
         }
         n
@@ -457,7 +481,7 @@ impl<V: Keep, E> Ledger<V, E> {
             .shared
             .shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).order.len())
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).records.len())
             .max()
             .unwrap_or(0);
         (self.shared.shards.len(), longest)

@@ -160,9 +160,9 @@ trait Marks: Send + Sync {
 
 /// The calls of this request id before this one, as this call needs to know them, and the
 /// marker this call leaves if it is dropped while an attempt is in flight.
-pub struct Doubt {
-    mark: Option<(Arc<dyn Marks>, Key, Fingerprint)>,
-    journal: Option<Arc<Journal>>,
+pub struct Doubt<'a> {
+    mark: Option<(&'a dyn Marks, Key, Fingerprint)>,
+    journal: Option<&'a Journal>,
     in_flight: bool,
     opened: bool,
     /// An earlier call with this request id ended without knowing whether it created the user,
@@ -170,7 +170,7 @@ pub struct Doubt {
     pub before: bool,
 }
 
-impl std::fmt::Debug for Doubt {
+impl std::fmt::Debug for Doubt<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Doubt")
             .field("request_id", &self.mark.is_some())
@@ -180,7 +180,7 @@ impl std::fmt::Debug for Doubt {
     }
 }
 
-impl Doubt {
+impl Doubt<'_> {
     /// For a call without a request id: nothing before it, nothing to mark.
     pub fn none() -> Self {
         Self {
@@ -219,7 +219,7 @@ impl Doubt {
     }
 }
 
-impl Drop for Doubt {
+impl Drop for Doubt<'_> {
     fn drop(&mut self) {
         if self.in_flight
             && let Some((marks, key, fingerprint)) = &self.mark

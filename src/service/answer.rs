@@ -51,18 +51,56 @@ pub struct Refused {
 /// What a request id keeps: the user, or the final refusal.
 pub type Kept = Result<Success, Refused>;
 
-/// A kept answer as the ledger holds it: the user's response encoded (one allocation instead of
-/// a dozen strings), or the refusal.
+/// A kept answer as the ledger holds it: the user in one allocation (instead of a dozen
+/// strings), or the refusal.
 #[derive(Debug)]
 pub enum Stored {
-    /// [`Success`], its response encoded.
-    User {
-        response: Box<[u8]>,
-        request_id: Option<Box<str>>,
-        reconciled: bool,
-    },
+    /// [`Success`], packed by [`pack`].
+    User(Box<[u8]>),
     /// The refusal, as it was.
-    Refused(Refused),
+    Refused(Box<Refused>),
+}
+
+/// [`Stored::User`]'s flag byte: the user was reconciled.
+const RECONCILED: u8 = 1;
+/// [`Stored::User`]'s flag byte: an upstream request id follows the response.
+const HAS_REQUEST_ID: u8 = 2;
+
+/// Packs `success` into one buffer: a flag byte, the encoded response's length (4 bytes, little
+/// endian), the response, then the upstream request id.
+fn pack(success: &Success) -> Box<[u8]> {
+    let response = prost::Message::encoded_len(&success.response);
+    let request_id = success.request_id.as_deref();
+    let mut flags = 0;
+    if success.reconciled {
+        flags |= RECONCILED;
+    }
+    if request_id.is_some() {
+        flags |= HAS_REQUEST_ID;
+    }
+    let mut packed = Vec::with_capacity(5 + response + request_id.map_or(0, str::len));
+    packed.push(flags);
+    packed.extend_from_slice(
+        &u32::try_from(response)
+            .expect("a response under 4 GiB")
+            .to_le_bytes(),
+    );
+    prost::Message::encode_raw(&success.response, &mut packed);
+    packed.extend_from_slice(request_id.unwrap_or_default().as_bytes());
+    packed.into_boxed_slice()
+}
+
+/// The [`Success`] that [`pack`] packed.
+fn unpack(packed: &[u8]) -> Success {
+    let (&flags, rest) = packed.split_first().expect("packed by `pack`");
+    let (length, rest) = rest.split_first_chunk::<4>().expect("packed by `pack`");
+    let (response, request_id) = rest.split_at(u32::from_le_bytes(*length) as usize);
+    Success {
+        response: prost::Message::decode(response).expect("packed by `pack`"),
+        request_id: (flags & HAS_REQUEST_ID != 0)
+            .then(|| String::from_utf8(request_id.to_vec()).expect("packed from a `String`")),
+        reconciled: flags & RECONCILED != 0,
+    }
 }
 
 impl Keep for Kept {
@@ -70,27 +108,15 @@ impl Keep for Kept {
 
     fn store(&self) -> Stored {
         match self {
-            Ok(s) => Stored::User {
-                response: prost::Message::encode_to_vec(&s.response).into_boxed_slice(),
-                request_id: s.request_id.as_deref().map(Box::from),
-                reconciled: s.reconciled,
-            },
-            Err(refused) => Stored::Refused(refused.clone()),
+            Ok(success) => Stored::User(pack(success)),
+            Err(refused) => Stored::Refused(Box::new(refused.clone())),
         }
     }
 
     fn replay(stored: &Stored) -> Self {
         match stored {
-            Stored::User {
-                response,
-                request_id,
-                reconciled,
-            } => Ok(Success {
-                response: prost::Message::decode(&response[..]).expect("encoded by `store`"),
-                request_id: request_id.as_deref().map(String::from),
-                reconciled: *reconciled,
-            }),
-            Stored::Refused(refused) => Err(refused.clone()),
+            Stored::User(packed) => Ok(unpack(packed)),
+            Stored::Refused(refused) => Err((**refused).clone()),
         }
     }
 
@@ -98,12 +124,14 @@ impl Keep for Kept {
         let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
         let size = std::mem::size_of::<Stored>();
         match stored {
-            Stored::User {
-                response, request_id, ..
-            } => size + response.len() + request_id.as_deref().map_or(0, str::len),
+            Stored::User(packed) => size + packed.len(),
             Stored::Refused(r) => {
                 let e = &r.response;
-                size + text(&e.error_type) + text(&e.code) + text(&e.message) + text(&e.request_id)
+                size + std::mem::size_of::<Refused>()
+                    + text(&e.error_type)
+                    + text(&e.code)
+                    + text(&e.message)
+                    + text(&e.request_id)
             }
         }
     }

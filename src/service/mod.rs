@@ -260,7 +260,7 @@ impl<U: Upstream> ChimeGateway<U> {
         &self,
         request: CreateUserRequest,
         deadline: Instant,
-        mut doubt: Doubt,
+        mut doubt: Doubt<'_>,
         attempts: &AtomicU32,
     ) -> Attempted {
         let email = request.email.clone().filter(|_| self.policy.reconcile);

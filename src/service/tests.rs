@@ -581,11 +581,12 @@ fn the_backoff_ceiling_doubles_with_each_failure() {
     assert!(longest <= Duration::from_millis(80), "{longest:?}");
 }
 
-// Kills the footprint mutants: a kept user weighs its encoded response and its request id; a kept
-// refusal weighs its texts. What is stored replays as the answer it was made from.
+// Kills the footprint and packing mutants: a kept user weighs its packed response and request id;
+// a kept refusal weighs its texts. What is stored replays as the answer it was made from, with
+// and without an upstream request id, reconciled or not.
 #[test]
 fn a_kept_answer_weighs_what_it_holds_and_replays_as_itself() {
-    let user = |name: &str, id: Option<&str>| -> usize {
+    let user = |name: &str, id: Option<&str>, reconciled: bool| -> usize {
         let original = Success {
             response: CreateUserResponse {
                 user: Some(crate::pb::chime::v1::User {
@@ -594,18 +595,27 @@ fn a_kept_answer_weighs_what_it_holds_and_replays_as_itself() {
                 }),
             },
             request_id: id.map(Into::into),
-            reconciled: true,
+            reconciled,
         };
         let stored = Ok(original.clone()).store();
         let again = Kept::replay(&stored).unwrap();
         assert_eq!(again.response, original.response);
-        assert_eq!((again.request_id, again.reconciled), (original.request_id, true));
+        assert_eq!(
+            (again.request_id, again.reconciled),
+            (original.request_id, reconciled)
+        );
         Kept::footprint(&stored)
     };
     let size = std::mem::size_of::<Stored>();
-    // The response is 4 bytes: User (tag, length) holding display_name (tag, length, "").
-    assert_eq!(user("", None), size + 4);
-    assert_eq!(user(&"x".repeat(100), Some("req-1")) - user("", None), 100 + 5);
+    // A flag byte and the response's length (5 bytes), then the response, 4 bytes: User (tag,
+    // length) holding display_name (tag, length, "").
+    assert_eq!(user("", None, false), size + 5 + 4);
+    assert_eq!(user("", Some(""), true), size + 5 + 4);
+    assert_eq!(
+        user(&"x".repeat(100), Some("req-1"), true) - user("", None, false),
+        100 + 5
+    );
+    assert_eq!(user("é", Some("rëq"), false) - user("", None, true), 2 + 4);
     let refusal = |message: &str| -> usize {
         let kept: Kept = Err(Refused {
             response: ErrorResponse {
@@ -624,7 +634,7 @@ fn a_kept_answer_weighs_what_it_holds_and_replays_as_itself() {
         assert_eq!(again.attempts, 2);
         Kept::footprint(&stored)
     };
-    assert_eq!(refusal(""), size + 17 + 8 + 3);
+    assert_eq!(refusal(""), size + std::mem::size_of::<Refused>() + 17 + 8 + 3);
     assert_eq!(refusal(&"m".repeat(50)) - refusal(""), 50);
 }
 
