@@ -1,7 +1,7 @@
 //! The map behind request ids: one entry per key, in shards under a lock each, every settled
 //! entry (a kept answer, an in-doubt marker) expiring `ttl` after it was written.
 //!
-//! A settled entry is a record in a queue, in the order it was written; the shard's map holds
+//! A settled entry is a record in a queue, in the order it was written; the shard's table holds
 //! only each key's place in it. All entries live equally long, so the front of the queue is both
 //! the next to expire and the oldest, and it is what goes when the shard is over its capacity:
 //! expiry and the bound are one queue, checked each time an entry is written. A record replaced
@@ -10,17 +10,19 @@
 //! (calls in flight) are in a map of their own, not counted: the gateway's concurrency limit
 //! bounds them.
 //!
-//! Kept small on purpose: the map's slots are a key and a number, and records are written and
-//! let out in order, so a call touches few cache lines that other calls have not just touched.
+//! Kept small on purpose: the table's slots are one number each (a full memory's tables fit in
+//! a core's own cache), and records are written and let out in order, so a call touches few
+//! cache lines that the rest of the gateway's work has pushed out.
 
 use std::{
-    collections::{HashMap, VecDeque, hash_map},
+    collections::{HashMap, VecDeque},
     future::Future,
     hash::BuildHasherDefault,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
+use hashbrown::HashTable;
 use tokio::{
     sync::oneshot,
     time::{Instant, timeout_at},
@@ -36,7 +38,6 @@ const MAX_SHARDS: u64 = 16;
 const FOREVER: Duration = Duration::from_secs(3_155_760_000);
 
 type Reply<V, E> = oneshot::Sender<Result<V, Arc<E>>>;
-type Map<T> = HashMap<Key, T, BuildHasherDefault<DigestHasher>>;
 
 /// The first call with a key, in flight.
 struct Running<V, E> {
@@ -61,9 +62,10 @@ struct Record<S> {
 }
 
 struct Shard<V: Keep, E> {
-    running: Map<Running<V, E>>,
-    /// Each settled key's stamp: the place of its record, counted from the first ever written.
-    settled: Map<u64>,
+    running: HashMap<Key, Running<V, E>, BuildHasherDefault<DigestHasher>>,
+    /// Each settled key's stamp (the place of its record, counted from the first ever written),
+    /// hashed by the key; keys are told apart by their records.
+    settled: HashTable<u64>,
     /// Settled entries as they were written, oldest first.
     records: VecDeque<Record<V::Stored>>,
     /// The stamp of the record at the front.
@@ -75,8 +77,8 @@ struct Shard<V: Keep, E> {
 impl<V: Keep, E> Shard<V, E> {
     fn new() -> Self {
         Self {
-            running: Map::default(),
-            settled: Map::default(),
+            running: HashMap::default(),
+            settled: HashTable::new(),
             records: VecDeque::new(),
             first: 0,
             weight: 0,
@@ -85,13 +87,26 @@ impl<V: Keep, E> Shard<V, E> {
 
     /// The settled entry of `key`, live or expired.
     fn get(&self, key: &Key) -> Option<&Record<V::Stored>> {
-        let stamp = self.settled.get(key)?;
-        Some(&self.records[(stamp - self.first) as usize])
+        let Self {
+            settled,
+            records,
+            first,
+            ..
+        } = self;
+        let stamp = settled.find(key.head(), |&s| records[(s - first) as usize].key == *key)?;
+        Some(&records[(stamp - first) as usize])
     }
 
     /// Removes the settled entry of `key`, if any: its record goes stale, its answer is dropped.
     fn unlink(&mut self, key: &Key) {
-        if let Some(stamp) = self.settled.remove(key) {
+        let Self {
+            settled,
+            records,
+            first,
+            ..
+        } = self;
+        if let Ok(place) = settled.find_entry(key.head(), |&s| records[(s - *first) as usize].key == *key) {
+            let (stamp, _) = place.remove();
             self.forget(stamp);
         }
     }
@@ -119,10 +134,8 @@ impl<V: Keep, E> Shard<V, E> {
             self.unlink(&key);
             return;
         }
+        self.unlink(&key);
         let stamp = self.first + self.records.len() as u64;
-        if let Some(old) = self.settled.insert(key, stamp) {
-            self.forget(old);
-        }
         self.records.push_back(Record {
             key,
             fingerprint,
@@ -130,6 +143,13 @@ impl<V: Keep, E> Shard<V, E> {
             expires,
             weight,
         });
+        let Self {
+            settled,
+            records,
+            first,
+            ..
+        } = self;
+        settled.insert_unique(key.head(), stamp, |&s| records[(s - *first) as usize].key.head());
         self.weight += u64::from(weight);
         self.evict(now, capacity);
     }
@@ -138,9 +158,8 @@ impl<V: Keep, E> Shard<V, E> {
     /// is over its capacity, and stale places as they reach the front.
     fn evict(&mut self, now: Instant, capacity: u64) {
         while let Some(front) = self.records.front() {
-            if let hash_map::Entry::Occupied(place) = self.settled.entry(front.key)
-                && *place.get() == self.first
-            {
+            let first = self.first;
+            if let Ok(place) = self.settled.find_entry(front.key.head(), |&s| s == first) {
                 let over = self.weight > capacity || self.records.len() as u64 > 2 * capacity;
                 if !over && front.expires > now {
                     return;
@@ -459,7 +478,7 @@ impl<V: Keep, E> Ledger<V, E> {
             let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             n += shard
                 .settled
-                .values()
+                .iter()
                 .map(|&stamp| &shard.records[(stamp - shard.first) as usize])
                 .filter(|r| r.expires > now && which(r))
                 .count() as u64;

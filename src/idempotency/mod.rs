@@ -40,9 +40,7 @@ pub struct Key([u8; 32]);
 
 impl std::hash::Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // Already a uniform digest: its first eight bytes are as good a hash as any.
-        let (head, _) = self.0.split_first_chunk::<8>().expect("32 bytes");
-        state.write_u64(u64::from_le_bytes(*head));
+        state.write_u64(self.head());
     }
 }
 
@@ -67,6 +65,12 @@ impl Hasher for DigestHasher {
 }
 
 impl Key {
+    /// The digest's first eight bytes: already uniform, as good a hash as any.
+    fn head(&self) -> u64 {
+        let (head, _) = self.0.split_first_chunk::<8>().expect("32 bytes");
+        u64::from_le_bytes(*head)
+    }
+
     /// The key of `request_id` in `account_id`.
     pub fn new(account_id: &str, request_id: uuid::Uuid) -> Self {
         let mut h = Sha256::new();
