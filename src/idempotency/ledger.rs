@@ -93,8 +93,8 @@ impl<V: Keep, E> Shard<V, E> {
             first,
             ..
         } = self;
-        let stamp = settled.find(key.head(), |&s| records[(s - first) as usize].key == *key)?;
-        Some(&records[(stamp - first) as usize])
+        let stamp = settled.find(key.head(), |&s| at(records, *first, s).key == *key)?;
+        Some(at(records, *first, *stamp))
     }
 
     /// Removes the settled entry of `key`, if any: its record goes stale, its answer is dropped.
@@ -105,17 +105,13 @@ impl<V: Keep, E> Shard<V, E> {
             first,
             ..
         } = self;
-        if let Ok(place) = settled.find_entry(key.head(), |&s| records[(s - *first) as usize].key == *key) {
+        if let Ok(place) = settled.find_entry(key.head(), |&s| at(records, *first, s).key == *key) {
             let (stamp, _) = place.remove();
-            self.forget(stamp);
+            let record = &mut records[(stamp - *first) as usize];
+            self.weight -= u64::from(record.weight);
+            record.weight = 0;
+            record.answer = None;
         }
-    }
-
-    fn forget(&mut self, stamp: u64) {
-        let record = &mut self.records[(stamp - self.first) as usize];
-        self.weight -= u64::from(record.weight);
-        record.weight = 0;
-        record.answer = None;
     }
 
     /// Writes a settled entry for `key` (replacing one there) at `now`, to live until `expires`,
@@ -149,7 +145,7 @@ impl<V: Keep, E> Shard<V, E> {
             first,
             ..
         } = self;
-        settled.insert_unique(key.head(), stamp, |&s| records[(s - *first) as usize].key.head());
+        settled.insert_unique(key.head(), stamp, |&s| at(records, *first, s).key.head());
         self.weight += u64::from(weight);
         self.evict(now, capacity);
     }
@@ -171,6 +167,11 @@ impl<V: Keep, E> Shard<V, E> {
             self.first += 1;
         }
     }
+}
+
+/// The record of `stamp` in a queue whose front is `first`.
+fn at<S>(records: &VecDeque<Record<S>>, first: u64, stamp: u64) -> &Record<S> {
+    &records[(stamp - first) as usize]
 }
 
 /// What a call finds under its key.
@@ -479,7 +480,7 @@ impl<V: Keep, E> Ledger<V, E> {
             n += shard
                 .settled
                 .iter()
-                .map(|&stamp| &shard.records[(stamp - shard.first) as usize])
+                .map(|&stamp| at(&shard.records, shard.first, stamp))
                 .filter(|r| r.expires > now && which(r))
                 .count() as u64;
         }
