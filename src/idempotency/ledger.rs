@@ -124,13 +124,12 @@ impl<V: Keep, E> Shard<V, E> {
         (now, expires): (Instant, Instant),
         capacity: u64,
     ) {
+        self.unlink(&key);
         let weight = answer.as_ref().map_or(1, |a| weight(V::footprint(a)));
         if u64::from(weight) > capacity {
             // Heavier than the whole shard: keeping it would only push everything else out.
-            self.unlink(&key);
             return;
         }
-        self.unlink(&key);
         let stamp = self.first + self.records.len() as u64;
         self.records.push_back(Record {
             key,
