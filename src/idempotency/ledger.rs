@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use hashbrown::HashTable;
+use hashbrown::{HashTable, hash_table};
 use tokio::{
     sync::oneshot,
     time::{Instant, timeout_at},
@@ -103,14 +103,12 @@ impl<V: Keep, E> Shard<V, E> {
             settled,
             records,
             first,
+            weight,
             ..
         } = self;
         if let Ok(place) = settled.find_entry(key.head(), |&s| at(records, *first, s).key == *key) {
             let (stamp, _) = place.remove();
-            let record = &mut records[(stamp - *first) as usize];
-            self.weight -= u64::from(record.weight);
-            record.weight = 0;
-            record.answer = None;
+            *weight -= u64::from(forget(records, *first, stamp));
         }
     }
 
@@ -124,27 +122,42 @@ impl<V: Keep, E> Shard<V, E> {
         (now, expires): (Instant, Instant),
         capacity: u64,
     ) {
-        self.unlink(&key);
         let weight = answer.as_ref().map_or(1, |a| weight(V::footprint(a)));
         if u64::from(weight) > capacity {
             // Heavier than the whole shard: keeping it would only push everything else out.
+            self.unlink(&key);
             return;
         }
         let stamp = self.first + self.records.len() as u64;
-        self.records.push_back(Record {
+        let Self {
+            settled,
+            records,
+            first,
+            weight: total,
+            ..
+        } = self;
+        // One probe finds the entry to replace or the slot to fill.
+        let place = settled.entry(
+            key.head(),
+            |&s| at(records, *first, s).key == key,
+            |&s| at(records, *first, s).key.head(),
+        );
+        match place {
+            hash_table::Entry::Occupied(mut place) => {
+                let old = std::mem::replace(place.get_mut(), stamp);
+                *total -= u64::from(forget(records, *first, old));
+            }
+            hash_table::Entry::Vacant(place) => {
+                place.insert(stamp);
+            }
+        }
+        records.push_back(Record {
             key,
             fingerprint,
             answer,
             expires,
             weight,
         });
-        let Self {
-            settled,
-            records,
-            first,
-            ..
-        } = self;
-        settled.insert_unique(key.head(), stamp, |&s| at(records, *first, s).key.head());
         self.weight += u64::from(weight);
         self.evict(now, capacity);
     }
@@ -171,6 +184,14 @@ impl<V: Keep, E> Shard<V, E> {
 /// The record of `stamp` in a queue whose front is `first`.
 fn at<S>(records: &VecDeque<Record<S>>, first: u64, stamp: u64) -> &Record<S> {
     &records[(stamp - first) as usize]
+}
+
+/// Makes the record of `stamp` a stale place: its answer dropped now. Returns the weight it
+/// counted.
+fn forget<S>(records: &mut VecDeque<Record<S>>, first: u64, stamp: u64) -> u32 {
+    let record = &mut records[(stamp - first) as usize];
+    record.answer = None;
+    std::mem::take(&mut record.weight)
 }
 
 /// What a call finds under its key.
