@@ -619,6 +619,30 @@ async fn keys_are_found_after_churn_has_rebuilt_the_table() {
     assert_eq!(runs.load(Ordering::Relaxed), 20_000);
 }
 
+// Kills the mutants of `unlink` and `forget`: a repeat of an expired answer takes the answer's
+// whole weight off the memory as it starts, and nothing comes back if it ends with nothing to keep.
+#[tokio::test(start_paused = true)]
+async fn a_repeat_of_an_expired_answer_takes_its_weight_off_as_it_starts() {
+    let ttl = Duration::from_millis(100);
+    let l = L::new(ttl, 100);
+    let runs = AtomicU32::new(0);
+    let heavy = "x".repeat(2 * WEIGHT_UNIT);
+    run(&l, key(1), fp("a@x.io"), &runs, Ending::Final(Answer(heavy))).await;
+    assert_eq!(l.weight(), 2);
+    tokio::time::advance(ttl).await;
+    let outcome = l
+        .run(key(1), fp("a@x.io"), false, far(), |_| async {
+            assert_eq!(l.weight(), 0, "gone while the repeat runs");
+            Ending::<Answer, &'static str>::Passing {
+                error: "throttled",
+                in_doubt: false,
+            }
+        })
+        .await;
+    assert!(matches!(outcome, Outcome::Answer { .. }));
+    assert_eq!(l.weight(), 0);
+}
+
 // Kills the mutants of the queue's bound: stale places count against twice the capacity, and
 // the queue lets out its oldest live entry only once it holds more than that.
 #[tokio::test]
