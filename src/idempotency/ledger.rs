@@ -1,18 +1,23 @@
 //! The map behind request ids: one entry per key, in shards under a lock each, every settled
 //! entry (a kept answer, an in-doubt marker) expiring `ttl` after it was written.
 //!
-//! A settled entry is a record in a queue, in the order it was written; the shard's table holds
-//! only each key's place in it. All entries live equally long, so the front of the queue is both
-//! the next to expire and the oldest, and it is what goes when the shard is over its capacity:
-//! expiry and the bound are one queue, checked each time an entry is written. A record replaced
-//! or removed drops its answer at once and stays as a stale place until it reaches the front; the
-//! queue is held to twice the capacity, so no pattern of calls grows it past that. Running entries
-//! (calls in flight) are in a map of their own, not counted: the gateway's concurrency limit
-//! bounds them.
+//! A settled entry is a record in a queue, in the order it was written, and its kept answer is
+//! bytes in a second queue, in the same order; the shard's table holds only each key's place in
+//! the first. All entries live equally long, so the front of the queue is both the next to expire
+//! and the oldest, and it is what goes when the shard is over its capacity: expiry and the bound
+//! are one queue, checked each time an entry is written. A record replaced or removed goes stale
+//! (it no longer counts) and stays until it reaches the front; the queue is held to twice the
+//! capacity, so no pattern of calls grows it past that. A kept answer is replaced or removed only
+//! once it has expired (before, repeats get it), and what has expired is at the front, let out by
+//! the next write: the bytes of answers that no longer count do not stay. Running entries (calls in flight) are in a map of their own, not counted: the gateway's
+//! concurrency limit bounds them.
 //!
-//! Kept small on purpose: the table's slots are one number each (a full memory's tables fit in
-//! a core's own cache), and records are written and let out in order, so a call touches few
-//! cache lines that the rest of the gateway's work has pushed out.
+//! Kept small on purpose, because a busy gateway's other work (the SDK, hyper, h2) leaves the
+//! caches cold between one call's request-id work and the next, and each cache line the work
+//! touches is a wait: the table's slots are one number each; records and answers are written at
+//! the back of their queues and let out at the front, in order, with no allocation of their own;
+//! and letting an entry out touches only its record. Its place in the table stays, naming a record
+//! already gone, until the table is full and such places are cleared in one pass.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -51,53 +56,70 @@ struct Running<V, E> {
 }
 
 /// What a call left for its repeats, in the queue.
-struct Record<S> {
+struct Record {
     key: Key,
     fingerprint: Fingerprint,
-    /// The kept answer; `None` for a key in doubt, and for a stale place.
-    answer: Option<S>,
     expires: Instant,
+    /// Where the kept answer starts in the shard's bytes, counted from the first byte ever kept.
+    at: u64,
+    /// The kept answer's length; `None` for a key in doubt. A stale record keeps it, so that its
+    /// bytes go with it.
+    answer: Option<u32>,
     /// What the record counts against the capacity; 0 once stale.
     weight: u32,
 }
 
-struct Shard<V: Keep, E> {
+struct Shard<V, E> {
     running: HashMap<Key, Running<V, E>, BuildHasherDefault<DigestHasher>>,
     /// Each settled key's stamp (the place of its record, counted from the first ever written),
-    /// hashed by the key; keys are told apart by their records.
+    /// hashed by the key; keys are told apart by their records. A stamp before `first` names a
+    /// record let out: it matches no key, and is cleared when the table is full.
     settled: HashTable<u64>,
     /// Settled entries as they were written, oldest first.
-    records: VecDeque<Record<V::Stored>>,
+    records: VecDeque<Record>,
     /// The stamp of the record at the front.
     first: u64,
+    /// The kept answers of `records`, one after the other in the same order.
+    bytes: VecDeque<u8>,
+    /// Where `bytes` starts, counted from the first byte ever kept.
+    first_byte: u64,
     /// The weight of the settled entries.
     weight: u64,
 }
 
-impl<V: Keep, E> Shard<V, E> {
+impl<V, E> Shard<V, E> {
     fn new() -> Self {
         Self {
             running: HashMap::default(),
             settled: HashTable::new(),
             records: VecDeque::new(),
             first: 0,
+            bytes: VecDeque::new(),
+            first_byte: 0,
             weight: 0,
         }
     }
 
     /// The settled entry of `key`, live or expired.
-    fn get(&self, key: &Key) -> Option<&Record<V::Stored>> {
+    fn get(&self, key: &Key) -> Option<&Record> {
         let Self {
             settled,
             records,
             first,
             ..
         } = self;
-        let stamp = settled.find(key.head(), |&s| at(records, *first, s).key == *key)?;
+        let stamp = settled.find(key.head(), |&s| holds(records, *first, s, key))?;
         Some(at(records, *first, *stamp))
     }
 
-    /// Removes the settled entry of `key`, if any: its record goes stale, its answer is dropped.
+    /// The bytes of `record`'s kept answer.
+    fn answer(&self, record: &Record) -> Option<Vec<u8>> {
+        let start = (record.at - self.first_byte) as usize;
+        let end = start + record.answer? as usize;
+        Some(self.bytes.range(start..end).copied().collect())
+    }
+
+    /// Removes the settled entry of `key`, if any: its record goes stale.
     fn unlink(&mut self, key: &Key) {
         let Self {
             settled,
@@ -106,7 +128,7 @@ impl<V: Keep, E> Shard<V, E> {
             weight,
             ..
         } = self;
-        if let Ok(place) = settled.find_entry(key.head(), |&s| at(records, *first, s).key == *key) {
+        if let Ok(place) = settled.find_entry(key.head(), |&s| holds(records, *first, s, key)) {
             let (stamp, _) = place.remove();
             *weight -= u64::from(forget(records, *first, stamp));
         }
@@ -118,11 +140,11 @@ impl<V: Keep, E> Shard<V, E> {
         &mut self,
         key: Key,
         fingerprint: Fingerprint,
-        answer: Option<V::Stored>,
+        answer: Option<&[u8]>,
         (now, expires): (Instant, Instant),
         capacity: u64,
     ) {
-        let weight = answer.as_ref().map_or(1, |a| weight(V::footprint(a)));
+        let weight = answer.map_or(1, |a| weight(a.len()));
         if u64::from(weight) > capacity {
             // Heavier than the whole shard: keeping it would only push everything else out.
             self.unlink(&key);
@@ -133,13 +155,20 @@ impl<V: Keep, E> Shard<V, E> {
             settled,
             records,
             first,
+            bytes,
+            first_byte,
             weight: total,
             ..
         } = self;
+        if settled.len() == settled.capacity() {
+            // Full: clear the places of records let out before the table grows (or rehashes,
+            // which reads the record of every place).
+            settled.retain(|s| *s >= *first);
+        }
         // One probe finds the entry to replace or the slot to fill.
         let place = settled.entry(
             key.head(),
-            |&s| at(records, *first, s).key == key,
+            |&s| holds(records, *first, s, &key),
             |&s| at(records, *first, s).key.head(),
         );
         match place {
@@ -151,47 +180,53 @@ impl<V: Keep, E> Shard<V, E> {
                 place.insert(stamp);
             }
         }
+        let at = *first_byte + bytes.len() as u64;
+        if let Some(answer) = answer {
+            bytes.extend(answer);
+        }
         records.push_back(Record {
             key,
             fingerprint,
-            answer,
             expires,
+            at,
+            answer: answer.map(|a| u32::try_from(a.len()).expect("an answer under 4 GiB")),
             weight,
         });
-        self.weight += u64::from(weight);
+        *total += u64::from(weight);
         self.evict(now, capacity);
     }
 
-    /// Removes settled entries from the front of the queue while they have expired or the shard
-    /// is over its capacity, and stale places as they reach the front.
+    /// Lets out settled entries from the front of the queue while they have expired or the
+    /// shard is over its capacity, and stale records as they reach the front.
     fn evict(&mut self, now: Instant, capacity: u64) {
         while let Some(front) = self.records.front() {
-            let first = self.first;
-            if let Ok(place) = self.settled.find_entry(front.key.head(), |&s| s == first) {
-                let over = self.weight > capacity || self.records.len() as u64 > 2 * capacity;
-                if !over && front.expires > now {
-                    return;
-                }
-                self.weight -= u64::from(front.weight);
-                place.remove();
+            let over = self.weight > capacity || self.records.len() as u64 > 2 * capacity;
+            if front.weight > 0 && !over && front.expires > now {
+                return;
             }
+            self.weight -= u64::from(front.weight);
+            let len = front.answer.unwrap_or(0);
+            self.bytes.drain(..len as usize);
+            self.first_byte += u64::from(len);
             self.records.pop_front();
             self.first += 1;
         }
     }
 }
 
+/// Whether `stamp`, in a queue whose front is `first`, is the live record of `key`.
+fn holds(records: &VecDeque<Record>, first: u64, stamp: u64, key: &Key) -> bool {
+    stamp >= first && at(records, first, stamp).key == *key
+}
+
 /// The record of `stamp` in a queue whose front is `first`.
-fn at<S>(records: &VecDeque<Record<S>>, first: u64, stamp: u64) -> &Record<S> {
+fn at(records: &VecDeque<Record>, first: u64, stamp: u64) -> &Record {
     &records[(stamp - first) as usize]
 }
 
-/// Makes the record of `stamp` a stale place: its answer dropped now. Returns the weight it
-/// counted.
-fn forget<S>(records: &mut VecDeque<Record<S>>, first: u64, stamp: u64) -> u32 {
-    let record = &mut records[(stamp - first) as usize];
-    record.answer = None;
-    std::mem::take(&mut record.weight)
+/// Makes the record of `stamp` stale. Returns the weight it counted.
+fn forget(records: &mut VecDeque<Record>, first: u64, stamp: u64) -> u32 {
+    std::mem::take(&mut records[(stamp - first) as usize].weight)
 }
 
 /// What a call finds under its key.
@@ -245,8 +280,8 @@ impl<V: Keep, E> Shared<V, E> {
             if live && record.fingerprint != fingerprint {
                 return Begin::Reused;
             }
-            if live && let Some(stored) = &record.answer {
-                return Begin::Replay(V::replay(stored));
+            if live && let Some(stored) = shard.answer(record) {
+                return Begin::Replay(V::replay(&stored));
             }
             // Expired, or in doubt: this call runs.
             marked = live;
@@ -266,7 +301,7 @@ impl<V: Keep, E> Shared<V, E> {
 
     /// Ends the running call for `key`: keeps `answer`, or leaves the key in doubt if the call
     /// (or one before it) left it so. Returns the calls that waited, and whether it is in doubt.
-    fn finish(&self, key: Key, answer: Option<V::Stored>, in_doubt: bool) -> (Vec<Reply<V, E>>, bool) {
+    fn finish(&self, key: Key, answer: Option<&[u8]>, in_doubt: bool) -> (Vec<Reply<V, E>>, bool) {
         let clock = self.clock();
         let mut shard = self.shard(&key);
         let running = shard
@@ -301,10 +336,7 @@ impl<V: Keep, E> Shared<V, E> {
     }
 }
 
-impl<V: Keep + Send + 'static, E: Send + Sync + 'static> Marks for Shared<V, E>
-where
-    V::Stored: Send,
-{
+impl<V: Keep + Send + 'static, E: Send + Sync + 'static> Marks for Shared<V, E> {
     fn dropped_in_flight(&self, key: Key, fingerprint: Fingerprint) {
         self.mark(key, fingerprint);
     }
@@ -349,7 +381,6 @@ impl<V: Keep, E> Drop for Flight<'_, V, E> {
 impl<V, E> Ledger<V, E>
 where
     V: Keep + Send + 'static,
-    V::Stored: Send,
     E: Send + Sync + 'static,
 {
     /// A ledger keeping each outcome for `ttl`, and at most `capacity` entries (an answer of more
@@ -434,7 +465,9 @@ where
         flight.ended = true;
         match ending {
             Ending::Final(value) => {
-                let (waiters, _) = self.shared.finish(key, Some(value.store()), false);
+                let mut stored = Vec::new();
+                value.store(&mut stored);
+                let (waiters, _) = self.shared.finish(key, Some(&stored), false);
                 self.close(key);
                 for waiter in waiters {
                     let _ = waiter.send(Ok(value.clone()));
@@ -492,7 +525,7 @@ impl<V: Keep, E> Ledger<V, E> {
     }
 
     /// Settled entries alive now that `which` picks.
-    fn count(&self, which: impl Fn(&Record<V::Stored>) -> bool) -> u64 {
+    fn count(&self, which: impl Fn(&Record) -> bool) -> u64 {
         let now = Instant::now();
         let mut n = 0;
         for shard in &self.shared.shards {
@@ -500,6 +533,7 @@ impl<V: Keep, E> Ledger<V, E> {
             n += shard
                 .settled
                 .iter()
+                .filter(|&&stamp| stamp >= shard.first)
                 .map(|&stamp| at(&shard.records, shard.first, stamp))
                 .filter(|r| r.expires > now && which(r))
                 .count() as u64;

@@ -109,20 +109,14 @@ fn field(h: &mut Sha256, value: Option<&[u8]>) {
     }
 }
 
-/// An answer a request id keeps, and the compact form it is kept in: kept answers are many, and
-/// only repeats read them back.
+/// An answer a request id keeps, and the bytes it is kept as: kept answers are many, and only
+/// repeats read them back.
 pub trait Keep: Clone {
-    /// What the ledger holds for the answer's repeats.
-    type Stored: Send + Sync + 'static;
+    /// Appends the bytes to keep to `into`: written once, by the call that got the answer.
+    fn store(&self, into: &mut Vec<u8>);
 
-    /// The form to keep, made once by the call that got the answer.
-    fn store(&self) -> Self::Stored;
-
-    /// The answer again, for a repeat.
-    fn replay(stored: &Self::Stored) -> Self;
-
-    /// About how many bytes of memory `stored` holds, beyond the map's own entry.
-    fn footprint(stored: &Self::Stored) -> usize;
+    /// The answer again, for a repeat, from the bytes [`Keep::store`] wrote.
+    fn replay(stored: &[u8]) -> Self;
 }
 
 /// How a call with a request id ended, as its repeats need to know it.

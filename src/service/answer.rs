@@ -1,5 +1,7 @@
 //! What a call answers with, and what a request id keeps of it.
 
+use std::time::Duration;
+
 use crate::{
     chime::{Created, Found},
     error::{self, CallError, ErrorResponse, UpstreamError},
@@ -51,89 +53,102 @@ pub struct Refused {
 /// What a request id keeps: the user, or the final refusal.
 pub type Kept = Result<Success, Refused>;
 
-/// A kept answer as the ledger holds it: the user in one allocation (instead of a dozen
-/// strings), or the refusal.
-#[derive(Debug)]
-pub enum Stored {
-    /// [`Success`], packed by [`pack`].
-    User(Box<[u8]>),
-    /// The refusal, as it was.
-    Refused(Box<Refused>),
+/// The first byte of a kept answer: which answer follows.
+const USER: u8 = 0;
+const RECONCILED_USER: u8 = 1;
+const REFUSAL: u8 = 2;
+
+/// Appends `text`: its length plus one (0 for none), 4 bytes little endian, then the text.
+fn put_text(into: &mut Vec<u8>, text: Option<&str>) {
+    let length = text.map_or(0, |t| u32::try_from(t.len()).expect("a text under 4 GiB") + 1);
+    into.extend_from_slice(&length.to_le_bytes());
+    into.extend_from_slice(text.unwrap_or_default().as_bytes());
 }
 
-/// [`Stored::User`]'s flag byte: the user was reconciled.
-const RECONCILED: u8 = 1;
-/// [`Stored::User`]'s flag byte: an upstream request id follows the response.
-const HAS_REQUEST_ID: u8 = 2;
-
-/// Packs `success` into one buffer: a flag byte, the encoded response's length (4 bytes, little
-/// endian), the response, then the upstream request id.
-fn pack(success: &Success) -> Box<[u8]> {
-    let response = prost::Message::encoded_len(&success.response);
-    let request_id = success.request_id.as_deref();
-    let mut flags = 0;
-    if success.reconciled {
-        flags |= RECONCILED;
-    }
-    if request_id.is_some() {
-        flags |= HAS_REQUEST_ID;
-    }
-    let mut packed = Vec::with_capacity(5 + response + request_id.map_or(0, str::len));
-    packed.push(flags);
-    packed.extend_from_slice(
-        &u32::try_from(response)
-            .expect("a response under 4 GiB")
-            .to_le_bytes(),
-    );
-    prost::Message::encode_raw(&success.response, &mut packed);
-    packed.extend_from_slice(request_id.unwrap_or_default().as_bytes());
-    packed.into_boxed_slice()
+/// Takes the next `N` bytes off `rest`.
+fn take<const N: usize>(rest: &mut &[u8]) -> [u8; N] {
+    let (taken, after) = rest.split_first_chunk::<N>().expect("written by `store`");
+    *rest = after;
+    *taken
 }
 
-/// The [`Success`] that [`pack`] packed.
-fn unpack(packed: &[u8]) -> Success {
-    let (&flags, rest) = packed.split_first().expect("packed by `pack`");
-    let (length, rest) = rest.split_first_chunk::<4>().expect("packed by `pack`");
-    let (response, request_id) = rest.split_at(u32::from_le_bytes(*length) as usize);
-    Success {
-        response: prost::Message::decode(response).expect("packed by `pack`"),
-        request_id: (flags & HAS_REQUEST_ID != 0)
-            .then(|| String::from_utf8(request_id.to_vec()).expect("packed from a `String`")),
-        reconciled: flags & RECONCILED != 0,
-    }
+/// Takes a text that [`put_text`] wrote off `rest`.
+fn take_text(rest: &mut &[u8]) -> Option<String> {
+    let length = u32::from_le_bytes(take(rest)).checked_sub(1)?;
+    let (text, after) = rest.split_at(length as usize);
+    *rest = after;
+    Some(String::from_utf8(text.to_vec()).expect("written from a `String`"))
 }
 
+/// A user is kept as a kind byte, the encoded response's length (4 bytes, little endian), the
+/// response, and the upstream request id. A refusal as a kind byte, the status, the attempts, its
+/// four texts and the `Retry-After` (a presence byte, then seconds and nanoseconds).
 impl Keep for Kept {
-    type Stored = Stored;
-
-    fn store(&self) -> Stored {
+    fn store(&self, into: &mut Vec<u8>) {
         match self {
-            Ok(success) => Stored::User(pack(success)),
-            Err(refused) => Stored::Refused(Box::new(refused.clone())),
-        }
-    }
-
-    fn replay(stored: &Stored) -> Self {
-        match stored {
-            Stored::User(packed) => Ok(unpack(packed)),
-            Stored::Refused(refused) => Err((**refused).clone()),
-        }
-    }
-
-    fn footprint(stored: &Stored) -> usize {
-        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-        let size = std::mem::size_of::<Stored>();
-        match stored {
-            Stored::User(packed) => size + packed.len(),
-            Stored::Refused(r) => {
-                let e = &r.response;
-                size + std::mem::size_of::<Refused>()
-                    + text(&e.error_type)
-                    + text(&e.code)
-                    + text(&e.message)
-                    + text(&e.request_id)
+            Ok(success) => {
+                let response = prost::Message::encoded_len(&success.response);
+                let request_id = success.request_id.as_deref();
+                into.reserve(9 + response + request_id.map_or(0, str::len));
+                into.push(if success.reconciled { RECONCILED_USER } else { USER });
+                into.extend_from_slice(
+                    &u32::try_from(response)
+                        .expect("a response under 4 GiB")
+                        .to_le_bytes(),
+                );
+                prost::Message::encode_raw(&success.response, into);
+                put_text(into, request_id);
+            }
+            Err(Refused { response, attempts }) => {
+                into.push(REFUSAL);
+                into.extend_from_slice(&response.status.to_le_bytes());
+                into.extend_from_slice(&attempts.to_le_bytes());
+                for text in [
+                    &response.error_type,
+                    &response.code,
+                    &response.message,
+                    &response.request_id,
+                ] {
+                    put_text(into, text.as_deref());
+                }
+                into.push(u8::from(response.retry_after.is_some()));
+                let retry_after = response.retry_after.unwrap_or_default();
+                into.extend_from_slice(&retry_after.as_secs().to_le_bytes());
+                into.extend_from_slice(&retry_after.subsec_nanos().to_le_bytes());
             }
         }
+    }
+
+    fn replay(stored: &[u8]) -> Self {
+        let (&kind, mut rest) = stored.split_first().expect("written by `store`");
+        if kind != REFUSAL {
+            let length = u32::from_le_bytes(take(&mut rest));
+            let (response, mut rest) = rest.split_at(length as usize);
+            return Ok(Success {
+                response: prost::Message::decode(response).expect("written by `store`"),
+                request_id: take_text(&mut rest),
+                reconciled: kind == RECONCILED_USER,
+            });
+        }
+        let status = u16::from_le_bytes(take(&mut rest));
+        let attempts = u32::from_le_bytes(take(&mut rest));
+        let [error_type, code, message, request_id] = [(); 4].map(|()| take_text(&mut rest));
+        let [has_retry_after] = take(&mut rest);
+        let retry_after = Duration::new(
+            u64::from_le_bytes(take(&mut rest)),
+            u32::from_le_bytes(take(&mut rest)),
+        );
+        Err(Refused {
+            response: ErrorResponse {
+                status,
+                error_type,
+                code,
+                message,
+                request_id,
+                retry_after: (has_retry_after != 0).then_some(retry_after),
+            },
+            attempts,
+        })
     }
 }
 

@@ -464,7 +464,7 @@ mod metadata;
 mod upstream;
 
 use answer::ending;
-pub use answer::{Kept, Refused, Stored, Success};
+pub use answer::{Kept, Refused, Success};
 use call_log::log_call;
 pub use metadata::{caller_timeout, declared_retry};
 

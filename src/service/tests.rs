@@ -581,11 +581,11 @@ fn the_backoff_ceiling_doubles_with_each_failure() {
     assert!(longest <= Duration::from_millis(80), "{longest:?}");
 }
 
-// Kills the footprint and packing mutants: a kept user weighs its packed response and request id;
-// a kept refusal weighs its texts. What is stored replays as the answer it was made from, with
-// and without an upstream request id, reconciled or not.
+// Kills the mutants of what a kept answer is stored as: a kept user is its encoded response and
+// its request id, written in one allocation of its exact size; a kept refusal, its texts. What is stored replays as the answer it was made from,
+// with and without an upstream request id, reconciled or not, with and without `Retry-After`.
 #[test]
-fn a_kept_answer_weighs_what_it_holds_and_replays_as_itself() {
+fn a_kept_answer_is_stored_as_what_it_holds_and_replays_as_itself() {
     let user = |name: &str, id: Option<&str>, reconciled: bool| -> usize {
         let original = Success {
             response: CreateUserResponse {
@@ -597,45 +597,53 @@ fn a_kept_answer_weighs_what_it_holds_and_replays_as_itself() {
             request_id: id.map(Into::into),
             reconciled,
         };
-        let stored = Ok(original.clone()).store();
+        let mut stored = Vec::new();
+        Ok(original.clone()).store(&mut stored);
+        assert_eq!(stored.capacity(), stored.len(), "written in one allocation");
         let again = Kept::replay(&stored).unwrap();
         assert_eq!(again.response, original.response);
         assert_eq!(
             (again.request_id, again.reconciled),
             (original.request_id, reconciled)
         );
-        Kept::footprint(&stored)
+        stored.len()
     };
-    let size = std::mem::size_of::<Stored>();
-    // A flag byte and the response's length (5 bytes), then the response, 4 bytes: User (tag,
-    // length) holding display_name (tag, length, "").
-    assert_eq!(user("", None, false), size + 5 + 4);
-    assert_eq!(user("", Some(""), true), size + 5 + 4);
+    // A kind byte and the response's length (5 bytes), the response, 4 bytes: User (tag, length)
+    // holding display_name (tag, length, ""), then the request id's length (4 bytes).
+    assert_eq!(user("", None, false), 5 + 4 + 4);
+    assert_eq!(user("", Some(""), true), 5 + 4 + 4);
     assert_eq!(
         user(&"x".repeat(100), Some("req-1"), true) - user("", None, false),
         100 + 5
     );
     assert_eq!(user("é", Some("rëq"), false) - user("", None, true), 2 + 4);
-    let refusal = |message: &str| -> usize {
+    let refusal = |message: Option<&str>, retry_after: Option<Duration>| -> usize {
+        let response = ErrorResponse {
+            status: 409,
+            error_type: Some("ConflictException".into()),
+            code: None,
+            message: message.map(Into::into),
+            request_id: Some("req".into()),
+            retry_after,
+        };
         let kept: Kept = Err(Refused {
-            response: ErrorResponse {
-                status: 409,
-                error_type: Some("ConflictException".into()),
-                code: Some("Conflict".into()),
-                message: Some(message.into()),
-                request_id: Some("req".into()),
-                retry_after: None,
-            },
+            response: response.clone(),
             attempts: 2,
         });
-        let stored = kept.store();
+        let mut stored = Vec::new();
+        kept.store(&mut stored);
         let again = Kept::replay(&stored).unwrap_err();
-        assert_eq!(again.response.message.as_deref(), Some(message));
+        assert_eq!(again.response, response);
         assert_eq!(again.attempts, 2);
-        Kept::footprint(&stored)
+        stored.len()
     };
-    assert_eq!(refusal(""), size + std::mem::size_of::<Refused>() + 17 + 8 + 3);
-    assert_eq!(refusal(&"m".repeat(50)) - refusal(""), 50);
+    // Kind, status, attempts (7 bytes); four texts (4 bytes each, and 17 + 3 of text);
+    // `Retry-After` (13 bytes).
+    assert_eq!(refusal(None, None), 7 + 16 + 17 + 3 + 13);
+    assert_eq!(refusal(Some(""), None) - refusal(None, None), 0);
+    assert_eq!(refusal(Some(&"m".repeat(50)), None) - refusal(None, None), 50);
+    refusal(Some("é"), Some(Duration::new(3, 5)));
+    refusal(None, Some(Duration::ZERO));
 }
 
 // Kills the mutants of `n > 1` in `attempt`: only the attempts after the first count as retries.
