@@ -9,8 +9,9 @@
 //! (it no longer counts) and stays until it reaches the front; the queue is held to twice the
 //! capacity, so no pattern of calls grows it past that. A kept answer is replaced or removed only
 //! once it has expired (before, repeats get it), and what has expired is at the front, let out by
-//! the next write: the bytes of answers that no longer count do not stay. Running entries (calls in flight) are in a map of their own, not counted: the gateway's
-//! concurrency limit bounds them.
+//! the next write: the bytes of answers that no longer count do not stay. Running entries (calls
+//! in flight) are in a map of their own, not counted: the gateway's concurrency limit bounds
+//! them.
 //!
 //! Kept small on purpose, because a busy gateway's other work (the SDK, hyper, h2) leaves the
 //! caches cold between one call's request-id work and the next, and each cache line the work
