@@ -582,8 +582,9 @@ fn the_backoff_ceiling_doubles_with_each_failure() {
 }
 
 // Kills the mutants of what a kept answer is stored as: a kept user is its encoded response and
-// its request id, written in one allocation of its exact size; a kept refusal, its texts. What is stored replays as the answer it was made from,
-// with and without an upstream request id, reconciled or not, with and without `Retry-After`.
+// its request id, written in one allocation of its exact size; a kept refusal, its texts. What is
+// stored replays as the answer it was made from, with and without an upstream request id,
+// reconciled or not, with and without `Retry-After`.
 #[test]
 fn a_kept_answer_is_stored_as_what_it_holds_and_replays_as_itself() {
     let user = |name: &str, id: Option<&str>, reconciled: bool| -> usize {
