@@ -42,6 +42,8 @@ const SHARD_MIN: u64 = 1024;
 const MAX_SHARDS: u64 = 16;
 /// How long settled entries live when the TTL is too long to add to the clock: 100 years.
 const FOREVER: Duration = Duration::from_secs(3_155_760_000);
+/// How much of the answers' queue past its back is loaded ahead: a kept user is about 300 bytes.
+const PREFETCH_ANSWER: usize = 384;
 
 type Reply<V, E> = oneshot::Sender<Result<V, Arc<E>>>;
 
@@ -98,6 +100,23 @@ impl<V, E> Shard<V, E> {
             bytes: VecDeque::new(),
             first_byte: 0,
             weight: 0,
+        }
+    }
+
+    /// Starts loading the cache lines that writing an entry touches in the queues (the back of
+    /// each, where the record and its answer go, and the record at the front, which may be let
+    /// out), so that they arrive while the answer is being written.
+    fn prefetch(&self) {
+        let record = std::mem::size_of::<Record>();
+        if let Some(front) = self.records.front() {
+            prefetch(std::ptr::from_ref(front).cast(), record);
+        }
+        if let Some(back) = self.records.back() {
+            prefetch(std::ptr::from_ref(back).cast::<u8>().wrapping_add(record), record);
+        }
+        let (head, tail) = self.bytes.as_slices();
+        if let Some(last) = tail.last().or(head.last()) {
+            prefetch(std::ptr::from_ref(last).wrapping_add(1), PREFETCH_ANSWER);
         }
     }
 
@@ -213,6 +232,20 @@ impl<V, E> Shard<V, E> {
             self.first += 1;
         }
     }
+}
+
+/// Hints to the processor that the `len` bytes from `at` are about to be used. Only a hint: an
+/// address past the end of a buffer is never read.
+fn prefetch(at: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for offset in (0..len).step_by(64) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: SSE is part of every x86_64 processor, and a prefetch neither reads memory
+        // into the program nor faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(offset).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (at, len);
 }
 
 /// Whether `stamp`, in a queue whose front is `first`, is the live record of `key`.
@@ -466,6 +499,8 @@ where
         flight.ended = true;
         match ending {
             Ending::Final(value) => {
+                // The queues' lines load while the answer is written, not one by one after.
+                self.shared.shard(&key).prefetch();
                 let mut stored = Vec::new();
                 value.store(&mut stored);
                 let (waiters, _) = self.shared.finish(key, Some(&stored), false);
