@@ -3,7 +3,7 @@
 //! short critical section under one mutex.
 
 use std::{
-    collections::{HashMap, hash_map::Entry},
+    collections::{BTreeMap, HashMap, btree_map::Entry},
     time::{Duration, Instant},
 };
 
@@ -73,8 +73,11 @@ pub struct Page {
 #[derive(Debug, Default)]
 struct Account {
     users: Vec<StoredUser>,
-    /// Lowercased emails -> index in `users`.
-    emails: HashMap<String, usize>,
+    /// Lowercased emails -> index in `users`. A B-tree, not a hash map: a hash map grows by
+    /// moving every email at once, under the lock every call waits on (the insert that doubles
+    /// it took 20 ms at 114,688 emails, 97 ms at 458,752, 219 ms at 917,504, and every call in
+    /// flight waited); a B-tree grows a node at a time (no insert over 0.2 ms up to 1,000,000).
+    emails: BTreeMap<String, usize>,
     bucket: Option<Bucket>,
 }
 
