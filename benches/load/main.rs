@@ -1,6 +1,7 @@
 //! `cargo bench --bench load`: the gateway's cost against the floor it cannot avoid, measured side
-//! by side in one run so ratios hold on a noisy machine. Writes `target/bench/results.json` and
-//! the results section of `BENCHMARKS.md`.
+//! by side in one run so ratios hold on a noisy machine. Writes `target/bench/results.json`, the
+//! results section of `BENCHMARKS.md`, and the windows of the request-id pairs
+//! (`target/bench/request-id*-windows.tsv`, for `scripts/profile-request-id`).
 //!
 //! Scenarios, all on loopback, the emulator in its own process:
 //! 1. `sdk-alone`: the AWS SDK calling the emulator from this process (no gRPC hop);
@@ -27,7 +28,8 @@
 //!     `mender`: what the `:authority` mender costs per call when a client sends a socket path.
 //!
 //! Settings: `BENCH_SECONDS` (per scenario, default 5), `BENCH_CONCURRENCY` (default 32);
-//! `BENCH_ONLY=request-id` runs only the request-id pairs and prints their cost, writing nothing.
+//! `BENCH_ONLY=request-id` runs only the request-id pairs and prints their cost, writing only their
+//! windows.
 
 mod generator;
 mod procs;
@@ -555,10 +557,18 @@ async fn request_ids(emulator: &str, concurrency: usize, report: &mut Report) {
         let fill = DEFAULT_IDEMPOTENCY_CAPACITY * 6 / 5;
         counted_loop(concurrency, fill, calls[1].clone()).await;
         let pid = gateway.pid();
+        let probed_at = std::cell::RefCell::new(Vec::new());
         let (runs, windows) = generator::alternating(concurrency, ID_RUN, WINDOWS, calls, |_| {
+            probed_at.borrow_mut().push(procs::monotonic());
             procs::cpu_time(Some(pid))
         })
         .await;
+        write_windows(
+            &format!("request-id{suffix}"),
+            pid,
+            &windows,
+            &probed_at.into_inner(),
+        );
         let added = report::Added::of(&windows);
         let label = format!(
             "closed loop, {concurrency} concurrent, {} s alternating every {} ms",
@@ -575,6 +585,24 @@ async fn request_ids(emulator: &str, concurrency: usize, report: &mut Report) {
         report.request_ids[i] = Some(added);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes `target/bench/NAME-windows.tsv`: the gateway's pid, then each measured window of a pair
+/// (its arm, its start and end on `CLOCK_MONOTONIC` in ns, the calls that finished in it), so that
+/// `scripts/profile-request-id` can tell which arm each of `perf`'s samples fell in.
+fn write_windows(name: &str, pid: u32, windows: &[generator::Window], probed_at: &[Duration]) {
+    let mut text = format!("# pid {pid}\n# arm\tfrom_ns\tto_ns\tcalls\n");
+    for (window, span) in windows.iter().zip(probed_at.chunks_exact(2)) {
+        text += &format!(
+            "{}\t{}\t{}\t{}\n",
+            window.arm,
+            span[0].as_nanos(),
+            span[1].as_nanos(),
+            window.calls
+        );
+    }
+    std::fs::create_dir_all("target/bench").unwrap();
+    std::fs::write(format!("target/bench/{name}-windows.tsv"), text).unwrap();
 }
 
 /// Calls one fresh gateway as many times as fill the request-id memory at its default capacity

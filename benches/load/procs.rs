@@ -184,6 +184,15 @@ pub fn cpu_time(pid: Option<u32>) -> Duration {
         let err = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
         assert_eq!(err, 0, "no CPU-time clock for process {pid}");
     }
+    read_clock(clock)
+}
+
+/// `CLOCK_MONOTONIC` now: the clock `perf record -k CLOCK_MONOTONIC` stamps its samples with.
+pub fn monotonic() -> Duration {
+    read_clock(libc::CLOCK_MONOTONIC)
+}
+
+fn read_clock(clock: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
