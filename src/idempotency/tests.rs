@@ -474,6 +474,31 @@ async fn an_answer_heavier_than_the_memory_is_answered_but_not_kept() {
     assert_eq!((l.kept(), l.weight()), (1, 1), "the small one stays");
 }
 
+// A ledger with no room still runs and answers every call; it keeps nothing, answer or doubt,
+// whether the doubt is left by a call's ending, by a marker, or by a marker on a call in flight.
+#[tokio::test]
+async fn a_ledger_without_capacity_answers_every_call_and_keeps_nothing() {
+    let l = L::new(Duration::from_secs(60), 0);
+    let runs = AtomicU32::new(0);
+    for _ in 0..2 {
+        let outcome = run(&l, key(1), fp("a@x.io"), &runs, final_answer("user")).await;
+        assert_eq!(answer(&outcome), (Ok(Answer("user".into())), false));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    in_doubt(&l, 2).await;
+    l.mark(key(3), fp("a@x.io"));
+    assert!(!l.in_doubt(&key(2)) && !l.in_doubt(&key(3)));
+    assert_eq!((l.kept(), l.weight(), l.shape().1), (0, 0, 0));
+    let outcome = l
+        .run(key(4), fp("a@x.io"), false, far(), |_doubt| async {
+            l.mark(key(4), fp("a@x.io"));
+            final_answer("user")
+        })
+        .await;
+    assert_eq!(answer(&outcome), (Ok(Answer("user".into())), false));
+    assert_eq!((l.weight(), l.shape().1), (0, 0));
+}
+
 #[tokio::test]
 async fn a_waiter_runs_the_call_itself_when_the_first_is_dropped_unanswered() {
     let l = Arc::new(ledger());
