@@ -16,9 +16,11 @@
 //! Kept small on purpose, because a busy gateway's other work (the SDK, hyper, h2) leaves the
 //! caches cold between one call's request-id work and the next, and each cache line the work
 //! touches is a wait: the table's slots are one number each; records and answers are written at
-//! the back of their queues and let out at the front, in order, with no allocation of their own;
-//! and letting an entry out touches only its record. Its place in the table stays, naming a record
-//! already gone, until the table is full and such places are cleared in one pass.
+//! the back of their queues and let out at the front, in order, with no allocation of their own
+//! (an answer is encoded, under the shard's lock, into a buffer the shard reuses, while the lines
+//! it is copied to load); and letting an entry out touches only its record. Its place in the
+//! table stays, naming a record already gone, until the table is full and such places are cleared
+//! in one pass.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -44,6 +46,9 @@ const MAX_SHARDS: u64 = 16;
 const FOREVER: Duration = Duration::from_secs(3_155_760_000);
 /// How much of the answers' queue past its back is loaded ahead: a kept user is about 300 bytes.
 const PREFETCH_ANSWER: usize = 384;
+/// The largest buffer a shard keeps for writing answers into; one grown past it by a larger
+/// answer is let go.
+const SCRATCH_MAX: usize = 4 * 1024;
 
 type Reply<V, E> = oneshot::Sender<Result<V, Arc<E>>>;
 
@@ -88,6 +93,9 @@ struct Shard<V, E> {
     first_byte: u64,
     /// The weight of the settled entries.
     weight: u64,
+    /// Where a kept answer is written before it is copied into `bytes`: reused, so that keeping an
+    /// answer allocates nothing.
+    scratch: Vec<u8>,
 }
 
 impl<V, E> Shard<V, E> {
@@ -100,6 +108,7 @@ impl<V, E> Shard<V, E> {
             bytes: VecDeque::new(),
             first_byte: 0,
             weight: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -335,16 +344,27 @@ impl<V: Keep, E> Shared<V, E> {
 
     /// Ends the running call for `key`: keeps `answer`, or leaves the key in doubt if the call
     /// (or one before it) left it so. Returns the calls that waited, and whether it is in doubt.
-    fn finish(&self, key: Key, answer: Option<&[u8]>, in_doubt: bool) -> (Vec<Reply<V, E>>, bool) {
+    fn finish(&self, key: Key, answer: Option<&V>, in_doubt: bool) -> (Vec<Reply<V, E>>, bool) {
         let clock = self.clock();
         let mut shard = self.shard(&key);
+        let mut stored = std::mem::take(&mut shard.scratch);
+        if let Some(answer) = answer {
+            // The queues' lines load while the answer is written, not one by one after.
+            shard.prefetch();
+            stored.clear();
+            answer.store(&mut stored);
+        }
         let running = shard
             .running
             .remove(&key)
             .expect("only the running call ends its entry");
         let doubted = in_doubt || running.marked || running.dropped_in_flight;
         if answer.is_some() || doubted {
+            let answer = answer.map(|_| &stored[..]);
             shard.settle(key, running.fingerprint, answer, clock, self.capacity);
+        }
+        if stored.capacity() <= SCRATCH_MAX {
+            shard.scratch = stored;
         }
         (running.waiters, doubted)
     }
@@ -499,11 +519,7 @@ where
         flight.ended = true;
         match ending {
             Ending::Final(value) => {
-                // The queues' lines load while the answer is written, not one by one after.
-                self.shared.shard(&key).prefetch();
-                let mut stored = Vec::new();
-                value.store(&mut stored);
-                let (waiters, _) = self.shared.finish(key, Some(&stored), false);
+                let (waiters, _) = self.shared.finish(key, Some(&value), false);
                 self.close(key);
                 for waiter in waiters {
                     let _ = waiter.send(Ok(value.clone()));
@@ -595,5 +611,17 @@ impl<V: Keep, E> Ledger<V, E> {
             .max()
             .unwrap_or(0);
         (self.shared.shards.len(), longest)
+    }
+
+    /// The largest buffer a shard keeps for writing answers into.
+    pub(super) fn scratch(&self) -> usize {
+        let shards = self.shared.shards.iter();
+        let capacity = |s: &Mutex<Shard<V, E>>| {
+            s.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .scratch
+                .capacity()
+        };
+        shards.map(capacity).max().unwrap_or(0)
     }
 }

@@ -499,6 +499,23 @@ async fn a_ledger_without_capacity_answers_every_call_and_keeps_nothing() {
     assert_eq!((l.weight(), l.shape().1), (0, 0));
 }
 
+// Kills the scratch-buffer mutants: a shard keeps the buffer its answers are written into, so that
+// keeping an answer allocates nothing, but lets go of one a large answer grew.
+#[tokio::test]
+async fn a_shard_reuses_its_buffer_for_answers_but_not_one_a_large_answer_grew() {
+    let l = L::new(Duration::from_secs(60), 100);
+    let runs = AtomicU32::new(0);
+    run(&l, key(1), fp("a@x.io"), &runs, final_answer("user")).await;
+    let small = l.scratch();
+    assert!(small >= 4, "{small}");
+    let large = "x".repeat(5 * 1024);
+    run(&l, key(2), fp("a@x.io"), &runs, Ending::Final(Answer(large))).await;
+    assert_eq!(l.scratch(), 0, "a 5 KiB buffer is let go");
+    let exact = "x".repeat(4 * 1024);
+    run(&l, key(3), fp("a@x.io"), &runs, Ending::Final(Answer(exact))).await;
+    assert_eq!(l.scratch(), 4 * 1024, "a 4 KiB one is kept");
+}
+
 #[tokio::test]
 async fn a_waiter_runs_the_call_itself_when_the_first_is_dropped_unanswered() {
     let l = Arc::new(ledger());
