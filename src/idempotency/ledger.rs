@@ -411,15 +411,27 @@ impl<V: Keep, E> std::fmt::Debug for Ledger<V, E> {
     }
 }
 
-/// Ends the running entry of a call that is dropped before it ends: its waiters see their
-/// channel close, and one of them runs instead.
-struct Flight<'a, V: Keep, E> {
+/// What a call with a request id finds as it begins.
+pub enum Entry<'a, V: Keep, E> {
+    /// No earlier call answers this one: it runs, with the [`Doubt`] its attempts report to,
+    /// and ends with [`Ticket::end`].
+    Run(Ticket<'a, V, E>, Doubt<'a>),
+    /// An earlier call answers it (kept, or waited for), its id was reused, or its deadline
+    /// passed while it waited.
+    Done(Outcome<V, E>),
+}
+
+/// The running entry of a call with a request id. Dropped before [`Ticket::end`] (the call
+/// cancelled), it ends the entry unanswered: the calls waiting for it see their channel close,
+/// and one of them runs instead. Drop the call's [`Doubt`] first, so that an attempt it left in
+/// flight is marked.
+pub struct Ticket<'a, V: Keep, E> {
     ledger: &'a Ledger<V, E>,
     key: Key,
     ended: bool,
 }
 
-impl<V: Keep, E> Drop for Flight<'_, V, E> {
+impl<V: Keep, E> Drop for Ticket<'_, V, E> {
     fn drop(&mut self) {
         if self.ended {
             return;
@@ -428,6 +440,42 @@ impl<V: Keep, E> Drop for Flight<'_, V, E> {
         drop(waiters);
         if !in_doubt {
             self.ledger.close(self.key);
+        }
+    }
+}
+
+impl<V: Keep, E> Ticket<'_, V, E> {
+    /// Ends the call with `ending`: keeps a final answer, leaves the key in doubt if the call
+    /// left it so, and answers the calls that waited.
+    pub fn end(mut self, ending: Ending<V, E>) -> Outcome<V, E> {
+        self.ended = true;
+        let (ledger, key) = (self.ledger, self.key);
+        match ending {
+            Ending::Final(value) => {
+                let (waiters, _) = ledger.shared.finish(key, Some(&value), false);
+                ledger.close(key);
+                for waiter in waiters {
+                    let _ = waiter.send(Ok(value.clone()));
+                }
+                Outcome::Answer {
+                    result: Ok(value),
+                    replayed: false,
+                }
+            }
+            Ending::Passing { error, in_doubt } => {
+                let (waiters, in_doubt) = ledger.shared.finish(key, None, in_doubt);
+                if !in_doubt {
+                    ledger.close(key);
+                }
+                let error = Arc::new(error);
+                for waiter in waiters {
+                    let _ = waiter.send(Err(error.clone()));
+                }
+                Outcome::Answer {
+                    result: Err(error),
+                    replayed: false,
+                }
+            }
         }
     }
 }
@@ -462,10 +510,59 @@ where
         self.journal = Some(journal);
     }
 
-    /// Runs `call` once for `key`: a repeat gets the kept answer, a concurrent one waits for the
-    /// call in flight (until `deadline`), and a different request under the same key runs
-    /// nothing. `retry`: the caller says this call repeats one this process may not have seen, so
-    /// its doubt is assumed.
+    /// Begins a call with `key`: a repeat gets the kept answer, a concurrent one waits for the
+    /// call in flight (until `deadline`), and a different request under the same key is refused.
+    /// Otherwise the call runs. `retry`: the caller says this call repeats one this process may
+    /// not have seen, so its doubt is assumed.
+    pub async fn enter(
+        &self,
+        key: Key,
+        fingerprint: Fingerprint,
+        retry: bool,
+        deadline: Instant,
+    ) -> Entry<'_, V, E> {
+        let marked = loop {
+            let wait = match self.shared.begin(key, fingerprint) {
+                Begin::Run { marked } => break marked,
+                Begin::Replay(value) => {
+                    return Entry::Done(Outcome::Answer {
+                        result: Ok(value),
+                        replayed: true,
+                    });
+                }
+                Begin::Reused => return Entry::Done(Outcome::Reused),
+                Begin::Wait(wait) => wait,
+            };
+            match timeout_at(deadline, wait).await {
+                Ok(Ok(result)) => {
+                    return Entry::Done(Outcome::Answer {
+                        result,
+                        replayed: true,
+                    });
+                }
+                // The call in flight was dropped without an answer: one of its waiters runs.
+                Ok(Err(_)) => {}
+                Err(_) => return Entry::Done(Outcome::Waited),
+            }
+        };
+        let ticket = Ticket {
+            ledger: self,
+            key,
+            ended: false,
+        };
+        let doubt = Doubt {
+            mark: Some((&self.shared, key, fingerprint)),
+            journal: self.journal.as_ref(),
+            in_flight: false,
+            opened: false,
+            before: marked || retry,
+        };
+        Entry::Run(ticket, doubt)
+    }
+
+    /// [`Ledger::enter`], then `call` if the call runs, then [`Ticket::end`]. (A caller whose own
+    /// future is large awaits its call beside the ticket instead, so that the call's future is
+    /// not moved into this one.)
     pub async fn run<'a, F, Fut>(
         &'a self,
         key: Key,
@@ -478,71 +575,10 @@ where
         F: FnOnce(Doubt<'a>) -> Fut,
         Fut: Future<Output = Ending<V, E>>,
     {
-        let marked = loop {
-            let wait = match self.shared.begin(key, fingerprint) {
-                Begin::Run { marked } => break marked,
-                Begin::Replay(value) => {
-                    return Outcome::Answer {
-                        result: Ok(value),
-                        replayed: true,
-                    };
-                }
-                Begin::Reused => return Outcome::Reused,
-                Begin::Wait(wait) => wait,
-            };
-            match timeout_at(deadline, wait).await {
-                Ok(Ok(result)) => {
-                    return Outcome::Answer {
-                        result,
-                        replayed: true,
-                    };
-                }
-                // The call in flight was dropped without an answer: one of its waiters runs.
-                Ok(Err(_)) => {}
-                Err(_) => return Outcome::Waited,
-            }
-        };
-        let mut flight = Flight {
-            ledger: self,
-            key,
-            ended: false,
-        };
-        let doubt = Doubt {
-            mark: Some((&self.shared, key, fingerprint)),
-            journal: self.journal.as_ref(),
-            in_flight: false,
-            opened: false,
-            before: marked || retry,
-        };
-        // Dropped mid-call, the call (and its `Doubt`) goes before `flight`.
-        let ending = call(doubt).await;
-        flight.ended = true;
-        match ending {
-            Ending::Final(value) => {
-                let (waiters, _) = self.shared.finish(key, Some(&value), false);
-                self.close(key);
-                for waiter in waiters {
-                    let _ = waiter.send(Ok(value.clone()));
-                }
-                Outcome::Answer {
-                    result: Ok(value),
-                    replayed: false,
-                }
-            }
-            Ending::Passing { error, in_doubt } => {
-                let (waiters, in_doubt) = self.shared.finish(key, None, in_doubt);
-                if !in_doubt {
-                    self.close(key);
-                }
-                let error = Arc::new(error);
-                for waiter in waiters {
-                    let _ = waiter.send(Err(error.clone()));
-                }
-                Outcome::Answer {
-                    result: Err(error),
-                    replayed: false,
-                }
-            }
+        match self.enter(key, fingerprint, retry, deadline).await {
+            Entry::Done(outcome) => outcome,
+            // Dropped mid-call, the call (and its `Doubt`) goes before the ticket.
+            Entry::Run(ticket, doubt) => ticket.end(call(doubt).await),
         }
     }
 

@@ -29,7 +29,7 @@ pub mod journal;
 mod ledger;
 
 pub use journal::{Journal, Recovered};
-pub use ledger::Ledger;
+pub use ledger::{Entry, Ledger, Ticket};
 
 /// An answer's size is charged to the capacity in units of this many bytes.
 pub const WEIGHT_UNIT: usize = 1024;

@@ -28,7 +28,7 @@ pub use crate::retry::Backoff;
 use crate::{
     chime::{Found, Upstream},
     error::{self, CallError, REQUEST_ID_KEY, Reconciliation, UpstreamError},
-    idempotency::{Doubt, Fingerprint, Journal, Key, Ledger, Outcome, Recovered},
+    idempotency::{Doubt, Entry, Fingerprint, Journal, Key, Ledger, Outcome, Recovered},
     metrics::{Metrics, WaitingGuard},
     pb::chime::v1::{CreateUserRequest, CreateUserResponse, chime_service_server::ChimeService},
     retry::{BudgetConfig, Extra, RetryBudget, SendLimiter, SendRate, Withdrawal},
@@ -236,13 +236,15 @@ impl<U: Upstream> ChimeGateway<U> {
         };
         let key = Key::new(&request.account_id, id);
         let fingerprint = Fingerprint::of(&request);
-        let outcome = self
-            .ledger
-            .run(key, fingerprint, retry, deadline, |doubt| async {
+        // The call's future is awaited here, beside its ticket, not moved into the ledger's.
+        let outcome = match self.ledger.enter(key, fingerprint, retry, deadline).await {
+            Entry::Done(outcome) => outcome,
+            Entry::Run(ticket, doubt) => {
+                // Dropped mid-call, the call (and its `Doubt`) goes before the ticket.
                 let attempted = self.attempt_all(request, deadline, doubt, &attempts).await;
-                ending(attempted)
-            })
-            .await;
+                ticket.end(ending(attempted))
+            }
+        };
         let attempts = attempts.into_inner();
         match outcome {
             Outcome::Waited => answer(Err(CallError::DeadlineExceeded { attempts }), attempts),
