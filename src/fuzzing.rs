@@ -43,7 +43,9 @@ pub fn request_path(data: &[u8]) {
         Ok(&request)
     );
     match validate::validate(&request) {
-        Ok(()) => {
+        Ok(id) => {
+            assert_eq!(id, validate::request_id(&request.request_id));
+            assert_eq!(id.is_some(), !request.request_id.is_empty());
             let input = translate::to_input(request.clone());
             assert_eq!(input.account_id.as_deref(), Some(request.account_id.as_str()));
             assert_eq!(input.email, request.email);

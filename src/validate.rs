@@ -26,8 +26,9 @@ pub struct FieldViolation {
     pub description: String,
 }
 
-/// Returns every violation in the request, or `Ok` when an upstream call may be made.
-pub fn validate(request: &CreateUserRequest) -> Result<(), Vec<FieldViolation>> {
+/// Returns every violation in the request; or, when an upstream call may be made, its request id
+/// (`None` for a request without one), parsed here once.
+pub fn validate(request: &CreateUserRequest) -> Result<Option<uuid::Uuid>, Vec<FieldViolation>> {
     let mut violations = Vec::new();
     if !ACCOUNT_ID.is_match(&request.account_id) {
         violations.push(FieldViolation {
@@ -49,7 +50,8 @@ pub fn validate(request: &CreateUserRequest) -> Result<(), Vec<FieldViolation>> 
             description: format!("user_type {} is not a known UserType value", request.user_type),
         });
     }
-    if !request.request_id.is_empty() && request_id(&request.request_id).is_none() {
+    let id = request_id(&request.request_id);
+    if !request.request_id.is_empty() && id.is_none() {
         violations.push(FieldViolation {
             field: "request_id",
             description: "request_id must be empty or a UUID in its canonical text form \
@@ -58,7 +60,7 @@ pub fn validate(request: &CreateUserRequest) -> Result<(), Vec<FieldViolation>> 
         });
     }
     if violations.is_empty() {
-        Ok(())
+        Ok(id)
     } else {
         Err(violations)
     }
@@ -87,19 +89,19 @@ mod tests {
         }
     }
 
-    fn fields(result: Result<(), Vec<FieldViolation>>) -> Vec<&'static str> {
+    fn fields(result: Result<Option<uuid::Uuid>, Vec<FieldViolation>>) -> Vec<&'static str> {
         result.err().unwrap_or_default().iter().map(|v| v.field).collect()
     }
 
     #[test]
     fn a_complete_request_is_valid() {
         let r = request("12a3456b", Some("jane@example.com"), UserType::PrivateUser as i32);
-        assert_eq!(validate(&r), Ok(()));
+        assert_eq!(validate(&r), Ok(None));
     }
 
     #[test]
     fn unset_email_and_unspecified_user_type_are_valid() {
-        assert_eq!(validate(&request("a", None, 0)), Ok(()));
+        assert_eq!(validate(&request("a", None, 0)), Ok(None));
     }
 
     #[test]
@@ -114,7 +116,7 @@ mod tests {
 
     #[test]
     fn account_id_with_any_visible_character_is_accepted_unanchored() {
-        assert_eq!(validate(&request("  x  ", None, 0)), Ok(()));
+        assert_eq!(validate(&request("  x  ", None, 0)), Ok(None));
     }
 
     #[test]
@@ -136,7 +138,7 @@ mod tests {
 
     #[test]
     fn email_pattern_is_searched_unanchored() {
-        assert_eq!(validate(&request("a", Some("  x@y.z  "), 0)), Ok(()));
+        assert_eq!(validate(&request("a", Some("  x@y.z  "), 0)), Ok(None));
     }
 
     #[test]
@@ -193,18 +195,20 @@ mod tests {
 
     #[test]
     fn request_ids_are_empty_or_canonical_uuids() {
-        let with = |id: &str| {
+        let validated = |id: &str| {
             let mut r = request("a", None, 0);
             r.request_id = id.to_owned();
-            fields(validate(&r))
+            validate(&r)
         };
-        for good in [
-            "",
-            "3f2b9c4e-8d1a-4c3e-9f6b-2a7d5e8c1b90",
-            "3F2B9C4E-8D1A-4C3E-9F6B-2A7D5E8C1B90",
-            "00000000-0000-0000-0000-000000000000",
+        let with = |id: &str| fields(validated(id));
+        let id = uuid::Uuid::from_u128(0x3f2b9c4e_8d1a_4c3e_9f6b_2a7d5e8c1b90);
+        for (good, parsed) in [
+            ("", None),
+            ("3f2b9c4e-8d1a-4c3e-9f6b-2a7d5e8c1b90", Some(id)),
+            ("3F2B9C4E-8D1A-4C3E-9F6B-2A7D5E8C1B90", Some(id)),
+            ("00000000-0000-0000-0000-000000000000", Some(uuid::Uuid::nil())),
         ] {
-            assert!(with(good).is_empty(), "{good:?}");
+            assert_eq!(validated(good), Ok(parsed), "{good:?}");
         }
         for bad in [
             "3f2b9c4e8d1a4c3e9f6b2a7d5e8c1b90",

@@ -224,11 +224,12 @@ impl<U: Upstream> ChimeGateway<U> {
         let Ok(_permit) = self.permits.try_acquire() else {
             return answer(Err(CallError::Overloaded), 0);
         };
-        if let Err(violations) = validate::validate(&request) {
-            return answer(Err(CallError::Invalid(violations)), 0);
-        }
+        let id = match validate::validate(&request) {
+            Ok(id) => id,
+            Err(violations) => return answer(Err(CallError::Invalid(violations)), 0),
+        };
         let attempts = AtomicU32::new(0);
-        let Some(id) = validate::request_id(&request.request_id) else {
+        let Some(id) = id else {
             let attempted = self
                 .attempt_all(request, deadline, Doubt::none(), &attempts)
                 .await;
