@@ -97,6 +97,35 @@ fn a_torn_last_record_is_read_up_to_the_damage() {
 }
 
 #[test]
+fn records_with_the_checksum_of_earlier_versions_are_read_and_rewritten_with_the_current_one() {
+    let d = dir();
+    std::fs::create_dir_all(&d.0).unwrap();
+    let record = |n: u128| {
+        let mut bytes = Record {
+            open: true,
+            key: key(n),
+            fingerprint: fp(n as u8),
+            at_ms: now_ms(),
+        }
+        .encode();
+        let sum = earlier_checksum(&bytes[..73]);
+        assert_ne!(sum, bytes[73..], "the two checksums differ");
+        bytes[73..].copy_from_slice(&sum);
+        bytes
+    };
+    let path = d.0.join(FILE_NAME);
+    std::fs::write(&path, [record(1), record(2)].concat()).unwrap();
+    let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
+    let mut in_doubt = recovered.in_doubt.clone();
+    in_doubt.sort_by_key(|(_, f)| f.0);
+    assert_eq!(in_doubt, vec![(key(1), fp(1)), (key(2), fp(2))]);
+    assert_eq!(recovered.damaged_bytes, 0);
+    // Rewritten as it was read: with the current checksum.
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes[73..RECORD_LEN], checksum(&bytes[..73]));
+}
+
+#[test]
 fn a_damaged_record_stops_the_reading_there_and_never_the_start() {
     let d = dir();
     {
