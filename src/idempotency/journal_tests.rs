@@ -108,9 +108,10 @@ fn records_with_the_checksum_of_earlier_versions_are_read_and_rewritten_with_the
             at_ms: now_ms(),
         }
         .encode();
-        let sum = earlier_checksum(&bytes[..73]);
-        assert_ne!(sum, bytes[73..], "the two checksums differ");
-        bytes[73..].copy_from_slice(&sum);
+        // As earlier versions wrote it: the first four bytes of the SHA-256 of the rest.
+        let digest = Sha256::digest(&bytes[..73]);
+        assert_ne!(digest[..4], bytes[73..], "the two checksums differ");
+        bytes[73..].copy_from_slice(&digest[..4]);
         bytes
     };
     let path = d.0.join(FILE_NAME);
