@@ -392,7 +392,7 @@ fn mender(calls: u64, report: &mut Report) {
 async fn ledger_path(calls: usize, report: &mut Report) {
     use chime_gateway::{
         error::CallError,
-        idempotency::{Ending, Fingerprint, Journal, Key, Ledger},
+        idempotency::{Ending, Journal, Ledger},
         service::{DEFAULT_IDEMPOTENCY_TTL, Kept, Success},
         validate,
     };
@@ -472,7 +472,7 @@ async fn ledger_path(calls: usize, report: &mut Report) {
             }
             let t = Instant::now();
             let id = validate::request_id(&r.request_id).unwrap();
-            let (key, fingerprint) = (Key::new(&r.account_id, id), Fingerprint::of(r));
+            let (key, fingerprint) = ledger.identify(r, id);
             let outcome = ledger
                 .run(key, fingerprint, false, deadline, |mut doubt| {
                     doubt.sent();

@@ -32,7 +32,10 @@ use super::{Fingerprint, Key};
 
 /// The file's name inside `--state-dir`.
 pub const FILE_NAME: &str = "in-doubt.journal";
-/// Bytes of one record: kind, key, fingerprint, time (ms since the epoch), checksum.
+/// Bytes of one record: kind, key, fingerprint, time (ms since the epoch), checksum. The key and
+/// the fingerprint each have 32 bytes: their 16, then zeros. (Earlier versions wrote whole 32-byte
+/// digests there, whose first 16 bytes are the key and fingerprint now: their records read the
+/// same.)
 pub const RECORD_LEN: usize = 1 + 32 + 32 + 8 + 4;
 /// The fewest records a file has room for.
 const COMPACT_MIN: u64 = 4096;
@@ -55,8 +58,8 @@ impl Record {
     fn encode(&self) -> [u8; RECORD_LEN] {
         let mut out = [0u8; RECORD_LEN];
         out[0] = if self.open { OPEN } else { CLOSE };
-        out[1..33].copy_from_slice(&self.key.0);
-        out[33..65].copy_from_slice(&self.fingerprint.0);
+        out[1..17].copy_from_slice(&self.key.0);
+        out[33..49].copy_from_slice(&self.fingerprint.0);
         out[65..73].copy_from_slice(&self.at_ms.to_le_bytes());
         let sum = checksum(&out[..73]);
         out[73..].copy_from_slice(&sum);
@@ -74,10 +77,10 @@ impl Record {
             CLOSE => false,
             _ => return None,
         };
-        let mut key = [0u8; 32];
-        key.copy_from_slice(&bytes[1..33]);
-        let mut fingerprint = [0u8; 32];
-        fingerprint.copy_from_slice(&bytes[33..65]);
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&bytes[1..17]);
+        let mut fingerprint = [0u8; 16];
+        fingerprint.copy_from_slice(&bytes[33..49]);
         let mut at = [0u8; 8];
         at.copy_from_slice(&bytes[65..73]);
         Some(Self {

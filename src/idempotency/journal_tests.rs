@@ -7,7 +7,7 @@ fn key(n: u128) -> Key {
 }
 
 fn fp(n: u8) -> Fingerprint {
-    Fingerprint([n; 32])
+    Fingerprint([n; 16])
 }
 
 const TTL: Duration = Duration::from_secs(900);
@@ -97,21 +97,25 @@ fn a_torn_last_record_is_read_up_to_the_damage() {
 }
 
 #[test]
-fn records_with_the_checksum_of_earlier_versions_are_read_and_rewritten_with_the_current_one() {
+fn records_of_earlier_versions_are_read_and_rewritten_as_current_ones() {
     let d = dir();
     std::fs::create_dir_all(&d.0).unwrap();
+    // As earlier versions wrote it: whole 32-byte digests of the key and the fingerprint, and as
+    // checksum the first four bytes of the SHA-256 of the rest.
     let record = |n: u128| {
-        let mut bytes = Record {
-            open: true,
-            key: key(n),
-            fingerprint: fp(n as u8),
-            at_ms: now_ms(),
-        }
-        .encode();
-        // As earlier versions wrote it: the first four bytes of the SHA-256 of the rest.
-        let digest = Sha256::digest(&bytes[..73]);
-        assert_ne!(digest[..4], bytes[73..], "the two checksums differ");
-        bytes[73..].copy_from_slice(&digest[..4]);
+        let mut digest = Sha256::new();
+        super::super::field(&mut digest, Some(b"acct"));
+        digest.update(uuid::Uuid::from_u128(n).as_bytes());
+        let key: [u8; 32] = digest.finalize().into();
+        let mut bytes = [0u8; RECORD_LEN];
+        bytes[0] = OPEN;
+        bytes[1..33].copy_from_slice(&key);
+        bytes[33..49].fill(n as u8);
+        bytes[49..65].fill(0xee);
+        bytes[65..73].copy_from_slice(&now_ms().to_le_bytes());
+        let sum = Sha256::digest(&bytes[..73]);
+        bytes[73..].copy_from_slice(&sum[..4]);
+        assert_ne!(sum[..4], checksum(&bytes[..73]), "the two checksums differ");
         bytes
     };
     let path = d.0.join(FILE_NAME);
@@ -119,11 +123,13 @@ fn records_with_the_checksum_of_earlier_versions_are_read_and_rewritten_with_the
     let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
     let mut in_doubt = recovered.in_doubt.clone();
     in_doubt.sort_by_key(|(_, f)| f.0);
+    // The keys the current version computes for the same ids.
     assert_eq!(in_doubt, vec![(key(1), fp(1)), (key(2), fp(2))]);
     assert_eq!(recovered.damaged_bytes, 0);
-    // Rewritten as it was read: with the current checksum.
+    // Rewritten as it was read: as the current version writes it.
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes[73..RECORD_LEN], checksum(&bytes[..73]));
+    assert!(bytes[17..33].iter().chain(&bytes[49..65]).all(|b| *b == 0));
 }
 
 #[test]

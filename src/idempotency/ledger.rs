@@ -15,7 +15,8 @@
 //!
 //! Kept small on purpose, because a busy gateway's other work (the SDK, hyper, h2) leaves the
 //! caches cold between one call's request-id work and the next, and each cache line the work
-//! touches is a wait: the table's slots are one number each; records and answers are written at
+//! touches is a wait: the table's slots are one number each, and a record is one cache line
+//! (128-bit keys and fingerprints, its expiry in nanoseconds); records and answers are written at
 //! the back of their queues and let out at the front, in order, with no allocation of their own
 //! (an answer is encoded, under the shard's lock, into a buffer the shard reuses, while the lines
 //! it is copied to load); and letting an entry out touches only its record. Its place in the
@@ -36,14 +37,15 @@ use tokio::{
     time::{Instant, timeout_at},
 };
 
-use super::{DigestHasher, Doubt, Ending, Fingerprint, Journal, Keep, Key, Marks, Outcome, weight};
+use uuid::Uuid;
+
+use super::{DigestHasher, Doubt, Ending, Fingerprint, Journal, Keep, Key, Local, Marks, Outcome, weight};
+use crate::pb::chime::v1::CreateUserRequest;
 
 /// Shards are used only when each holds at least this many entries (so small capacities stay
 /// exact), and there are at most [`MAX_SHARDS`].
 const SHARD_MIN: u64 = 1024;
 const MAX_SHARDS: u64 = 16;
-/// How long settled entries live when the TTL is too long to add to the clock: 100 years.
-const FOREVER: Duration = Duration::from_secs(3_155_760_000);
 /// How much of the answers' queue past its back is loaded ahead: a kept user is about 300 bytes.
 const PREFETCH_ANSWER: usize = 384;
 /// The largest buffer a shard keeps for writing answers into; one grown past it by a larger
@@ -63,11 +65,13 @@ struct Running<V, E> {
     waiters: Vec<Reply<V, E>>,
 }
 
-/// What a call left for its repeats, in the queue.
+/// What a call left for its repeats, in the queue: one cache line.
+#[repr(align(64))]
 struct Record {
     key: Key,
     fingerprint: Fingerprint,
-    expires: Instant,
+    /// When it expires, on the ledger's [`Shared::now`] clock.
+    expires: u64,
     /// Where the kept answer starts in the shard's bytes, counted from the first byte ever kept.
     at: u64,
     /// The kept answer's length; `None` for a key in doubt. A stale record keeps it, so that its
@@ -76,6 +80,8 @@ struct Record {
     /// What the record counts against the capacity; 0 once stale.
     weight: u32,
 }
+
+const _: () = assert!(std::mem::size_of::<Record>() == 64);
 
 struct Shard<V, E> {
     running: HashMap<Key, Running<V, E>, BuildHasherDefault<DigestHasher>>,
@@ -170,7 +176,7 @@ impl<V, E> Shard<V, E> {
         key: Key,
         fingerprint: Fingerprint,
         answer: Option<&[u8]>,
-        (now, expires): (Instant, Instant),
+        (now, expires): (u64, u64),
         capacity: u64,
     ) {
         let weight = answer.map_or(1, |a| weight(a.len()));
@@ -227,7 +233,7 @@ impl<V, E> Shard<V, E> {
 
     /// Lets out settled entries from the front of the queue while they have expired or the
     /// shard is over its capacity, and stale records as they reach the front.
-    fn evict(&mut self, now: Instant, capacity: u64) {
+    fn evict(&mut self, now: u64, capacity: u64) {
         while let Some(front) = self.records.front() {
             let over = self.weight > capacity || self.records.len() as u64 > 2 * capacity;
             if front.weight > 0 && !over && front.expires > now {
@@ -287,6 +293,8 @@ enum Begin<V, E> {
 struct Shared<V: Keep, E> {
     shards: Box<[Mutex<Shard<V, E>>]>,
     ttl: Duration,
+    /// Where the ledger's clock starts.
+    epoch: Instant,
     /// The capacity of each shard.
     capacity: u64,
 }
@@ -294,16 +302,23 @@ struct Shared<V: Keep, E> {
 impl<V: Keep, E> Shared<V, E> {
     fn shard(&self, key: &Key) -> MutexGuard<'_, Shard<V, E>> {
         // The digest's second eight bytes: the map hashes the first eight.
-        let (_, rest) = key.0.split_first_chunk::<8>().expect("32 bytes");
-        let bits = u64::from_le_bytes(*rest.first_chunk::<8>().expect("24 bytes"));
+        let (_, rest) = key.0.split_first_chunk::<8>().expect("16 bytes");
+        let bits = u64::from_le_bytes(*rest.first_chunk::<8>().expect("8 bytes"));
         let index = (bits % self.shards.len() as u64) as usize;
         self.shards[index].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Nanoseconds since the ledger was made: when entries expire, in eight bytes.
+    fn now(&self) -> u64 {
+        let since = Instant::now().saturating_duration_since(self.epoch);
+        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// Now, and when an entry written now expires: one read of the clock per write.
-    fn clock(&self) -> (Instant, Instant) {
-        let now = Instant::now();
-        (now, now.checked_add(self.ttl).unwrap_or(now + FOREVER))
+    fn clock(&self) -> (u64, u64) {
+        let now = self.now();
+        let ttl = u64::try_from(self.ttl.as_nanos()).unwrap_or(u64::MAX);
+        (now, now.saturating_add(ttl))
     }
 
     fn begin(&self, key: Key, fingerprint: Fingerprint) -> Begin<V, E> {
@@ -319,7 +334,7 @@ impl<V: Keep, E> Shared<V, E> {
         }
         let mut marked = false;
         if let Some(record) = shard.get(&key) {
-            let live = record.expires > Instant::now();
+            let live = record.expires > self.now();
             if live && record.fingerprint != fingerprint {
                 return Begin::Reused;
             }
@@ -400,6 +415,7 @@ impl<V: Keep + Send + 'static, E: Send + Sync + 'static> Marks for Shared<V, E> 
 pub struct Ledger<V: Keep, E> {
     shared: Shared<V, E>,
     journal: Option<Journal>,
+    local: Local,
 }
 
 impl<V: Keep, E> std::fmt::Debug for Ledger<V, E> {
@@ -493,11 +509,26 @@ where
         let shared = Shared {
             shards: (0..shards).map(|_| Mutex::new(Shard::new())).collect(),
             ttl,
+            epoch: Instant::now(),
             capacity: capacity / shards,
         };
         Self {
             shared,
             journal: None,
+            local: Local::new(),
+        }
+    }
+
+    /// The key and fingerprint of a call as this ledger keeps them: with a journal, digests that
+    /// are the same in every process, so that a restarted gateway finds the markers the one before
+    /// it left; without one, this process's own ([`Local`]), at a fraction of the cost.
+    pub fn identify(&self, request: &CreateUserRequest, request_id: Uuid) -> (Key, Fingerprint) {
+        if self.journal.is_some() {
+            let key = Key::new(&request.account_id, request_id);
+            (key, Fingerprint::of(request))
+        } else {
+            let key = Key::local(&request.account_id, request_id, &self.local);
+            (key, Fingerprint::local(request, &self.local))
         }
     }
 
@@ -599,7 +630,8 @@ where
     /// Whether `key` is in doubt now.
     pub fn in_doubt(&self, key: &Key) -> bool {
         let shard = self.shared.shard(key);
-        matches!(shard.get(key), Some(r) if r.answer.is_none() && r.expires > Instant::now())
+        let now = self.shared.now();
+        matches!(shard.get(key), Some(r) if r.answer.is_none() && r.expires > now)
     }
 }
 
@@ -614,7 +646,7 @@ impl<V: Keep, E> Ledger<V, E> {
 
     /// Settled entries alive now that `which` picks.
     fn count(&self, which: impl Fn(&Record) -> bool) -> u64 {
-        let now = Instant::now();
+        let now = self.shared.now();
         let mut n = 0;
         for shard in &self.shared.shards {
             let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);

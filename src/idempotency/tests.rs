@@ -270,14 +270,50 @@ fn fingerprints_tell_every_field_and_its_presence_apart() {
             ..base.clone()
         },
     ];
+    let local = Local::new();
+    let local = |r: &CreateUserRequest| Fingerprint::local(r, &local);
     for v in &variants {
         assert_ne!(Fingerprint::of(v), Fingerprint::of(&base), "{v:?}");
+        assert_ne!(local(v), local(&base), "{v:?}");
     }
     let other_id = CreateUserRequest {
         request_id: String::new(),
         ..base.clone()
     };
     assert_eq!(Fingerprint::of(&other_id), Fingerprint::of(&base));
+    assert_eq!(local(&other_id), local(&base));
+}
+
+// Keys and fingerprints are digests the same in every process when a journal keeps them, and this
+// process's own otherwise: the same for the same call, different for another account or id, and
+// under another ledger's random key, different again.
+#[test]
+fn a_ledger_identifies_calls_by_digests_with_a_journal_and_by_its_own_key_without() {
+    let id = uuid::Uuid::from_u128(1);
+    let call = request("a@x.io");
+    let (l, other) = (ledger(), ledger());
+    let (key, fingerprint) = l.identify(&call, id);
+    assert_eq!(l.identify(&call, id), (key, fingerprint));
+    assert_ne!(key, Key::new("acct", id));
+    assert_ne!(fingerprint, Fingerprint::of(&call));
+    assert_ne!(other.identify(&call, id).0, key);
+    assert_ne!(other.identify(&call, id).1, fingerprint);
+    let other_account = CreateUserRequest {
+        account_id: "acct2".into(),
+        ..call.clone()
+    };
+    assert_ne!(l.identify(&other_account, id).0, key);
+    assert_ne!(l.identify(&call, uuid::Uuid::from_u128(2)).0, key);
+    let dir = std::env::temp_dir().join(format!("chime-ledger-{}", uuid::Uuid::new_v4()));
+    let (journal, _) = Journal::open(&dir, Duration::from_secs(60), 100).unwrap();
+    let mut l = l;
+    l.attach_journal(journal, &[]);
+    assert_eq!(
+        l.identify(&call, id),
+        (Key::new("acct", id), Fingerprint::of(&call))
+    );
+    assert_eq!(format!("{:?}", Local::new()), "Local(..)");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // Kills the hashing mutants (a constant hash or an ignored write keeps the ledger correct but makes

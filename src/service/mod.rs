@@ -28,7 +28,7 @@ pub use crate::retry::Backoff;
 use crate::{
     chime::{Found, Upstream},
     error::{self, CallError, REQUEST_ID_KEY, Reconciliation, UpstreamError},
-    idempotency::{Doubt, Entry, Fingerprint, Journal, Key, Ledger, Outcome, Recovered},
+    idempotency::{Doubt, Entry, Journal, Ledger, Outcome, Recovered},
     metrics::{Metrics, WaitingGuard},
     pb::chime::v1::{CreateUserRequest, CreateUserResponse, chime_service_server::ChimeService},
     retry::{BudgetConfig, Extra, RetryBudget, SendLimiter, SendRate, Withdrawal},
@@ -235,8 +235,7 @@ impl<U: Upstream> ChimeGateway<U> {
                 .await;
             return answer(attempted.result, attempts.into_inner());
         };
-        let key = Key::new(&request.account_id, id);
-        let fingerprint = Fingerprint::of(&request);
+        let (key, fingerprint) = self.ledger.identify(&request, id);
         // The call's future is awaited here, beside its ticket, not moved into the ledger's.
         let outcome = match self.ledger.enter(key, fingerprint, retry, deadline).await {
             Entry::Done(outcome) => outcome,
