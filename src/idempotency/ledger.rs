@@ -301,7 +301,7 @@ struct Shared<V: Keep, E> {
 
 impl<V: Keep, E> Shared<V, E> {
     fn shard(&self, key: &Key) -> MutexGuard<'_, Shard<V, E>> {
-        // The digest's second eight bytes: the map hashes the first eight.
+        // The key's second eight bytes: the map hashes the first eight.
         let (_, rest) = key.0.split_first_chunk::<8>().expect("16 bytes");
         let bits = u64::from_le_bytes(*rest.first_chunk::<8>().expect("8 bytes"));
         let index = (bits % self.shards.len() as u64) as usize;

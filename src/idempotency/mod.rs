@@ -37,7 +37,8 @@ pub use ledger::{Entry, Ledger, Ticket};
 /// An answer's size is charged to the capacity in units of this many bytes.
 pub const WEIGHT_UNIT: usize = 1024;
 
-/// Which call a request id belongs to: 128 bits of a digest of the account and the id.
+/// Which call a request id belongs to: a 128-bit hash of the account and the id
+/// ([`Ledger::identify`] picks the function).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key([u8; 16]);
 
@@ -47,7 +48,8 @@ impl std::hash::Hash for Key {
     }
 }
 
-/// Hashes a [`Key`] by taking the digest bytes it writes, instead of SipHash over them again.
+/// Hashes a [`Key`] by taking the bytes it writes (a hash already), instead of SipHash over them
+/// again.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DigestHasher(u64);
 
@@ -96,7 +98,7 @@ fn key_input(h: &mut impl Absorb, account_id: &str, request_id: uuid::Uuid) {
 }
 
 /// What a request asks for (account, email, username, user type), so a reused id is noticed
-/// without keeping the request itself: 128 bits of a digest.
+/// without keeping the request itself: a 128-bit hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fingerprint([u8; 16]);
 
