@@ -1,5 +1,8 @@
 //! Compiles `proto/` with protox (pure Rust, no system `protoc`) and keeps the descriptor set for
-//! server reflection.
+//! server reflection. The service is generated twice: with the API's messages (for clients and
+//! anyone implementing it), and for the gateway's own server, whose `CreateUserResponse` is a
+//! `Reply`, so that an answer a request id keeps is sent as the bytes it was kept as, not encoded
+//! a second time.
 
 use std::{env, path::PathBuf};
 
@@ -16,6 +19,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::SmallBufferCodec")
         .build_client(true)
         .build_server(true)
+        .compile_fds(descriptors.clone())?;
+    let wire = out.join("wire");
+    std::fs::create_dir_all(&wire)?;
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::SmallBufferCodec")
+        .build_client(false)
+        .build_server(true)
+        .extern_path(".chime.v1.CreateUserResponse", "crate::codec::Reply")
+        .extern_path(".chime.v1", "crate::pb::chime::v1")
+        .out_dir(wire)
         .compile_fds(descriptors)?;
     Ok(())
 }

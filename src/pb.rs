@@ -14,3 +14,9 @@ pub mod chime {
 
 /// The encoded `FileDescriptorSet` of `chime.v1` and its imports, served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/chime_descriptor.bin"));
+
+/// The gateway's own server of `chime.v1.ChimeService`: the API's messages, except that it answers
+/// with a [`crate::codec::Reply`], so that a kept answer goes out as the bytes it was kept as.
+pub(crate) mod wire {
+    include!(concat!(env!("OUT_DIR"), "/wire/chime.v1.rs"));
+}

@@ -26,7 +26,7 @@ use crate::{
     chime::Upstream,
     message_size::MessageSizeLayer,
     metrics::{GrpcMetricsLayer, Metrics},
-    pb::{self, chime::v1::chime_service_server::ChimeServiceServer},
+    pb::{self, wire::chime_service_server::ChimeServiceServer},
     service::ChimeGateway,
 };
 

@@ -202,6 +202,23 @@ async fn without_a_request_id_that_retry_would_have_answered_already_exists() {
 }
 
 #[tokio::test]
+async fn a_kept_user_is_sent_whole_to_the_first_call_and_to_its_repeat() {
+    let s = stack().await;
+    let req = with_id(&new_id());
+    let first = create(&s.gw, req.clone()).await.unwrap();
+    let again = create(&s.gw, req).await.unwrap();
+    assert!(!flag(first.metadata(), REPLAYED_KEY));
+    assert!(flag(again.metadata(), REPLAYED_KEY));
+    assert_eq!(request_id(again.metadata()), request_id(first.metadata()));
+    assert_eq!(again.get_ref(), first.get_ref());
+    let user = first.get_ref().user.as_ref().unwrap();
+    assert_eq!(stored_ids(&s.emu), std::slice::from_ref(&user.user_id));
+    assert_eq!(user.primary_email.as_deref(), Some(EMAIL));
+    assert!(user.invited_on.is_some());
+    assert_eq!(methods(&s.emu), ["POST"]);
+}
+
+#[tokio::test]
 async fn a_final_refusal_is_replayed_to_the_repeat() {
     let s = stack().await;
     let mut req = with_id(&new_id());

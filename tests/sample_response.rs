@@ -49,22 +49,33 @@ fn the_fixture_is_the_published_body() {
     assert!(SAMPLE.ends_with(r#""Vanity":null}}"#));
 }
 
+/// Without a request id; with one (the answer kept, and sent, as its encoding); and the repeat
+/// of that id, answered with the kept bytes.
 #[tokio::test]
 async fn the_sample_response_translates_to_the_expected_user() {
     let gateway = gateway_answering_the_sample();
-    let request = CreateUserRequest {
-        account_id: "12a3456b-7c89-012d-3456-78901e23fg45".into(),
-        email: Some("room@example.com".into()),
-        username: None,
-        user_type: UserType::SharedDevice as i32,
-        request_id: String::new(),
-    };
-    let response = gateway.create_user(tonic::Request::new(request)).await.unwrap();
-    assert_eq!(
-        response.metadata().get("x-amzn-requestid").unwrap(),
-        "4225c49a-307a-413b-bc8f-37bb145c1483"
-    );
-    let expected = User {
+    let id = "8a5c1e1b-1f0e-4c3d-9b5a-6d2e7f801234";
+    for (request_id, replayed) in [("", false), (id, false), (id, true)] {
+        let request = CreateUserRequest {
+            account_id: "12a3456b-7c89-012d-3456-78901e23fg45".into(),
+            email: Some("room@example.com".into()),
+            username: None,
+            user_type: UserType::SharedDevice as i32,
+            request_id: request_id.into(),
+        };
+        let response = gateway.create_user(tonic::Request::new(request)).await.unwrap();
+        assert_eq!(
+            response.metadata().get("x-amzn-requestid").unwrap(),
+            "4225c49a-307a-413b-bc8f-37bb145c1483"
+        );
+        let flag = response.metadata().get("x-chime-gateway-replayed");
+        assert_eq!(flag.is_some(), replayed, "{request_id:?}");
+        assert_eq!(response.into_inner().user, Some(expected()));
+    }
+}
+
+fn expected() -> User {
+    User {
         user_id: "1ab2345c-67de-8901-f23g-45h678901j2k".into(),
         account_id: Some("12a3456b-7c89-012d-3456-78901e23fg45".into()),
         primary_email: Some(String::new()),
@@ -84,6 +95,5 @@ async fn the_sample_response_translates_to_the_expected_user() {
             alexa_for_business_room_arn: None,
         }),
         personal_pin: None,
-    };
-    assert_eq!(response.into_inner().user, Some(expected));
+    }
 }

@@ -18,7 +18,7 @@
 //! touches is a wait: the table's slots are one number each, and a record is one cache line
 //! (128-bit keys and fingerprints, its expiry in nanoseconds); records and answers are written at
 //! the back of their queues and let out at the front, in order, with no allocation of their own
-//! (an answer is encoded, under the shard's lock, into a buffer the shard reuses, while the lines
+//! (an answer is written, under the shard's lock, into a buffer the shard reuses, while the lines
 //! it is copied to load); and letting an entry out touches only its record. Its place in the
 //! table stays, naming a record already gone, until the table is full and such places are cleared
 //! in one pass.

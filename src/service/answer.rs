@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::{
     chime::{Created, Found},
+    codec::Reply,
     error::{self, CallError, ErrorResponse, UpstreamError},
     idempotency::{Ending, Keep},
     pb::chime::v1::CreateUserResponse,
@@ -15,8 +16,8 @@ use super::{Attempted, Failed};
 /// A user to answer with.
 #[derive(Debug, Clone)]
 pub struct Success {
-    /// The response message.
-    pub response: CreateUserResponse,
+    /// The response message, or its encoding once it is kept for a request id.
+    pub response: Reply,
     /// The upstream's `x-amzn-RequestId` of the answer that carried the user.
     pub request_id: Option<String>,
     /// The user was found by a lookup after an unknown outcome, not in a create's answer.
@@ -26,17 +27,27 @@ pub struct Success {
 impl Success {
     pub(super) fn created(created: Created) -> Self {
         Self {
-            response: translate::from_output(created.output),
+            response: translate::from_output(created.output).into(),
             request_id: created.request_id,
             reconciled: false,
         }
+    }
+
+    /// The same answer with its response encoded, as a request id keeps it (and sends it).
+    pub fn encoded(self) -> Self {
+        let response = match self.response {
+            Reply::Message(message) => Reply::encoded(&message),
+            encoded @ Reply::Encoded(_) => encoded,
+        };
+        Self { response, ..self }
     }
 
     pub(super) fn reconciled(found: Found) -> Self {
         Self {
             response: CreateUserResponse {
                 user: Some(translate::user(found.user)),
-            },
+            }
+            .into(),
             request_id: found.request_id,
             reconciled: true,
         }
@@ -81,7 +92,7 @@ fn take_text(rest: &mut &[u8]) -> Option<String> {
 }
 
 /// A user is kept as a kind byte, the encoded response's length (4 bytes, little endian), the
-/// response, and the upstream request id. A refusal as a kind byte, the status, the attempts, its
+/// response's bytes (those it is sent as: see [`Success::encoded`]), and the upstream request id. A refusal as a kind byte, the status, the attempts, its
 /// four texts and the `Retry-After` (a presence byte, then seconds and nanoseconds).
 impl Keep for Kept {
     fn store(&self, into: &mut Vec<u8>) {
@@ -125,7 +136,7 @@ impl Keep for Kept {
             let length = u32::from_le_bytes(take(&mut rest));
             let (response, mut rest) = rest.split_at(length as usize);
             return Ok(Success {
-                response: prost::Message::decode(response).expect("written by `store`"),
+                response: Reply::Encoded(response.to_vec()),
                 request_id: take_text(&mut rest),
                 reconciled: kind == RECONCILED_USER,
             });
@@ -161,7 +172,8 @@ impl Refused {
 /// What a request id keeps of a call: its user, or a refusal no retry can change.
 pub(super) fn ending(attempted: Attempted) -> Ending<Kept, CallError> {
     match attempted.result {
-        Ok(success) => Ending::Final(Ok(success)),
+        // Encoded once: kept as these bytes, and sent as them.
+        Ok(success) => Ending::Final(Ok(success.encoded())),
         Err(CallError::Upstream {
             error: UpstreamError::Response(response),
             attempts,

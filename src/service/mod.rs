@@ -27,10 +27,14 @@ use tonic::{Request, Response, Status, metadata::MetadataValue};
 pub use crate::retry::Backoff;
 use crate::{
     chime::{Found, Upstream},
+    codec::Reply,
     error::{self, CallError, REQUEST_ID_KEY, Reconciliation, UpstreamError},
     idempotency::{Doubt, Entry, Journal, Ledger, Outcome, Recovered},
     metrics::{Metrics, WaitingGuard},
-    pb::chime::v1::{CreateUserRequest, CreateUserResponse, chime_service_server::ChimeService},
+    pb::{
+        chime::v1::{CreateUserRequest, CreateUserResponse, chime_service_server::ChimeService},
+        wire,
+    },
     retry::{BudgetConfig, Extra, RetryBudget, SendLimiter, SendRate, Withdrawal},
     telemetry, translate, validate,
 };
@@ -387,7 +391,7 @@ impl<U: Upstream> ChimeGateway<U> {
         &self,
         request: Request<CreateUserRequest>,
         started: Instant,
-    ) -> Result<Response<CreateUserResponse>, Status> {
+    ) -> Result<Response<Reply>, Status> {
         let budget = caller_timeout(request.metadata()).unwrap_or(self.policy.default_deadline);
         let deadline = started + budget.saturating_sub(DEADLINE_MARGIN);
         let retry = declared_retry(request.metadata());
@@ -442,12 +446,8 @@ impl<U: Upstream> ChimeGateway<U> {
     }
 }
 
-#[tonic::async_trait]
-impl<U: Upstream> ChimeService for ChimeGateway<U> {
-    async fn create_user(
-        &self,
-        request: Request<CreateUserRequest>,
-    ) -> Result<Response<CreateUserResponse>, Status> {
+impl<U: Upstream> ChimeGateway<U> {
+    async fn serve(&self, request: Request<CreateUserRequest>) -> Result<Response<Reply>, Status> {
         let started = Instant::now();
         let span = tracing::info_span!(
             "chime.v1.ChimeService/CreateUser",
@@ -457,6 +457,26 @@ impl<U: Upstream> ChimeService for ChimeGateway<U> {
         );
         let _ = span.set_parent(telemetry::caller_context(request.metadata()));
         self.create_user_in(request, started).instrument(span).await
+    }
+}
+
+/// What the gateway's server calls: a kept answer is sent as the bytes it was kept as.
+#[tonic::async_trait]
+impl<U: Upstream> wire::chime_service_server::ChimeService for ChimeGateway<U> {
+    async fn create_user(&self, request: Request<CreateUserRequest>) -> Result<Response<Reply>, Status> {
+        self.serve(request).await
+    }
+}
+
+/// The API's own service trait, for callers in process: the same call, answered with the message.
+#[tonic::async_trait]
+impl<U: Upstream> ChimeService for ChimeGateway<U> {
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserResponse>, Status> {
+        let response = self.serve(request).await?;
+        Ok(response.map(Reply::into_message))
     }
 }
 

@@ -18,6 +18,7 @@ use tonic_types::StatusExt;
 
 use super::*;
 use crate::{chime::Created, error::ErrorResponse, idempotency::Keep};
+use prost::Message as _;
 use tonic::metadata::MetadataMap;
 
 type LookupAnswer = Result<Option<Found>, UpstreamError>;
@@ -588,21 +589,28 @@ fn the_backoff_ceiling_doubles_with_each_failure() {
 #[test]
 fn a_kept_answer_is_stored_as_what_it_holds_and_replays_as_itself() {
     let user = |name: &str, id: Option<&str>, reconciled: bool| -> usize {
+        let message = CreateUserResponse {
+            user: Some(crate::pb::chime::v1::User {
+                display_name: Some(name.into()),
+                ..Default::default()
+            }),
+        };
         let original = Success {
-            response: CreateUserResponse {
-                user: Some(crate::pb::chime::v1::User {
-                    display_name: Some(name.into()),
-                    ..Default::default()
-                }),
-            },
+            response: message.clone().into(),
             request_id: id.map(Into::into),
             reconciled,
         };
         let mut stored = Vec::new();
         Ok(original.clone()).store(&mut stored);
         assert_eq!(stored.capacity(), stored.len(), "written in one allocation");
+        // Kept already encoded (as a call with a request id keeps it), the same bytes.
+        let mut encoded = Vec::new();
+        Ok(original.clone().encoded()).store(&mut encoded);
+        assert_eq!(encoded, stored);
         let again = Kept::replay(&stored).unwrap();
-        assert_eq!(again.response, original.response);
+        // A repeat is answered with the bytes kept, not a message encoded again.
+        assert_eq!(again.response, Reply::Encoded(message.encode_to_vec()));
+        assert_eq!(again.response.into_message(), message);
         assert_eq!(
             (again.request_id, again.reconciled),
             (original.request_id, reconciled)
