@@ -3,6 +3,9 @@
 //! tonic's default codec starts every call with 8 KiB encode and decode buffers; CreateUser
 //! messages are a few hundred bytes, and a sidecar holding many calls in flight pays for those
 //! buffers per call (BENCHMARKS.md). The buffers still grow for a larger message.
+//!
+//! The gateway's server answers with a [`Reply`]: the message, or the bytes a request id kept it
+//! as, sent without encoding it again.
 
 use std::marker::PhantomData;
 
