@@ -92,8 +92,9 @@ fn take_text(rest: &mut &[u8]) -> Option<String> {
 }
 
 /// A user is kept as a kind byte, the encoded response's length (4 bytes, little endian), the
-/// response's bytes (those it is sent as: see [`Success::encoded`]), and the upstream request id. A refusal as a kind byte, the status, the attempts, its
-/// four texts and the `Retry-After` (a presence byte, then seconds and nanoseconds).
+/// response's bytes (those it is sent as: see [`Success::encoded`]), and the upstream request
+/// id. A refusal as a kind byte, the status, the attempts, its four texts and the `Retry-After`
+/// (a presence byte, then seconds and nanoseconds).
 impl Keep for Kept {
     fn store(&self, into: &mut Vec<u8>) {
         match self {

@@ -444,9 +444,9 @@ impl<U: Upstream> ChimeGateway<U> {
         }
         Ok(response)
     }
-}
 
-impl<U: Upstream> ChimeGateway<U> {
+    /// One call, as either service trait receives it: in a span of its own that continues the
+    /// caller's trace.
     async fn serve(&self, request: Request<CreateUserRequest>) -> Result<Response<Reply>, Status> {
         let started = Instant::now();
         let span = tracing::info_span!(
