@@ -10,7 +10,7 @@ use chime_gateway::{
         AlexaForBusinessMetadata, CreateUserRequest, LicenseType, User, UserInvitationStatus,
         UserRegistrationStatus, UserType, chime_service_server::ChimeService,
     },
-    service::{Backoff, CallPolicy, ChimeGateway},
+    service::{Backoff, CallPolicy, ChimeGateway, REPLAYED_KEY},
 };
 use std::time::Duration;
 
@@ -68,7 +68,7 @@ async fn the_sample_response_translates_to_the_expected_user() {
             response.metadata().get("x-amzn-requestid").unwrap(),
             "4225c49a-307a-413b-bc8f-37bb145c1483"
         );
-        let flag = response.metadata().get("x-chime-gateway-replayed");
+        let flag = response.metadata().get(REPLAYED_KEY);
         assert_eq!(flag.is_some(), replayed, "{request_id:?}");
         assert_eq!(response.into_inner().user, Some(expected()));
     }
