@@ -523,13 +523,8 @@ where
     /// are the same in every process, so that a restarted gateway finds the markers the one before
     /// it left; without one, this process's own ([`Local`]), at a fraction of the cost.
     pub fn identify(&self, request: &CreateUserRequest, request_id: Uuid) -> (Key, Fingerprint) {
-        if self.journal.is_some() {
-            let key = Key::new(&request.account_id, request_id);
-            (key, Fingerprint::of(request))
-        } else {
-            let key = Key::local(&request.account_id, request_id, &self.local);
-            (key, Fingerprint::local(request, &self.local))
-        }
+        let local = self.journal.is_none().then_some(&self.local);
+        super::identify(request, request_id, local)
     }
 
     /// Keeps the in-doubt markers in `journal` too, starting from the keys it recovered, so that

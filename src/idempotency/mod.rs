@@ -121,9 +121,46 @@ impl Fingerprint {
 
 fn fingerprint_input(h: &mut impl Absorb, request: &CreateUserRequest) {
     field(h, Some(request.account_id.as_bytes()));
+    fingerprint_rest(h, request);
+}
+
+/// What a fingerprint takes in after the account.
+fn fingerprint_rest(h: &mut impl Absorb, request: &CreateUserRequest) {
     field(h, request.email.as_deref().map(str::as_bytes));
     field(h, request.username.as_deref().map(str::as_bytes));
     h.absorb(&request.user_type.to_be_bytes());
+}
+
+/// A call's key and fingerprint: [`Key::new`] and [`Fingerprint::of`] without `local`,
+/// [`Key::local`] and [`Fingerprint::local`] with it. Both begin with the account, so it is taken in
+/// once, and the hash's state after it copied for the key.
+fn identify(
+    request: &CreateUserRequest,
+    request_id: uuid::Uuid,
+    local: Option<&Local>,
+) -> (Key, Fingerprint) {
+    /// The hash of the key and the hash of the fingerprint, from one state that took in the
+    /// account.
+    fn split<H: Absorb + Clone>(mut h: H, request: &CreateUserRequest, request_id: uuid::Uuid) -> (H, H) {
+        field(&mut h, Some(request.account_id.as_bytes()));
+        let mut key = h.clone();
+        key.absorb(request_id.as_bytes());
+        fingerprint_rest(&mut h, request);
+        (key, h)
+    }
+    match local {
+        None => {
+            let (key, fingerprint) = split(Sha256::new(), request, request_id);
+            (Key(first_half(key)), Fingerprint(first_half(fingerprint)))
+        }
+        Some(local) => {
+            let (key, fingerprint) = split(local.0, request, request_id);
+            (
+                Key(key.finish128().as_bytes()),
+                Fingerprint(fingerprint.finish128().as_bytes()),
+            )
+        }
+    }
 }
 
 /// Keys and fingerprints that only this process needs to recognise (no `--state-dir` keeps

@@ -316,6 +316,37 @@ fn a_ledger_identifies_calls_by_digests_with_a_journal_and_by_its_own_key_withou
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+// Taking the account in once for both gives the key and fingerprint that each function makes on its
+// own, digests and this process's hashes alike, for requests with and without their optional fields.
+#[test]
+fn one_pass_over_the_account_gives_the_key_and_fingerprint_of_each_function() {
+    let local = Local::new();
+    let full = CreateUserRequest {
+        username: Some("someone".into()),
+        user_type: 2,
+        ..request("a@x.io")
+    };
+    let bare = CreateUserRequest {
+        account_id: "acct2".into(),
+        ..Default::default()
+    };
+    for call in [request("a@x.io"), full, bare] {
+        for id in [uuid::Uuid::from_u128(1), uuid::Uuid::new_v4()] {
+            let account = call.account_id.as_str();
+            assert_eq!(
+                identify(&call, id, None),
+                (Key::new(account, id), Fingerprint::of(&call)),
+                "{call:?}"
+            );
+            assert_eq!(
+                identify(&call, id, Some(&local)),
+                (Key::local(account, id, &local), Fingerprint::local(&call, &local)),
+                "{call:?}"
+            );
+        }
+    }
+}
+
 // Kills the hashing mutants (a constant hash or an ignored write keeps the ledger correct but makes
 // every lookup a walk through one bucket): a key hashes to its digest's first eight bytes, and the
 // hasher mixes every byte written to it.
