@@ -27,7 +27,8 @@
 //! 10. `*-unix`: the bare round trip and the gateway at the low rate over a Unix socket, and
 //!     `mender`: what the `:authority` mender costs per call when a client sends a socket path.
 //!
-//! Settings: `BENCH_SECONDS` (per scenario, default 5), `BENCH_CONCURRENCY` (default 32);
+//! Settings: `BENCH_SECONDS` (per scenario, default 5), `BENCH_CONCURRENCY` (default 32),
+//! `BENCH_ID_SECONDS` (each request-id pair, default 120);
 //! `BENCH_ONLY=request-id` runs only the request-id pairs and prints their cost, writing only their
 //! windows.
 
@@ -528,8 +529,11 @@ async fn ledger_path(calls: usize, report: &mut Report) {
 /// a good share of the shared L3.
 const THRASH_BYTES: usize = 16 << 20;
 
-/// How long the request-id pairs run in each gateway.
-const ID_RUN: Duration = Duration::from_secs(40);
+/// How long the request-id pairs run in each gateway, in seconds, unless `BENCH_ID_SECONDS` says.
+/// A window's CPU per call varies by 30 to 45 us (the gateway takes about the same CPU in every
+/// window while the calls finished in it vary), so the 95% interval of what a request id adds is
+/// about +-2.2 us after 120 s, +-4 to +-6 after 20 to 40.
+const ID_RUN: u64 = 120;
 /// How the windows of every alternating pair (`sdk-alone`/`gateway`, the request-id pairs) go:
 /// a switch, time for the other kind's calls in flight to finish, then the measured window.
 const WINDOWS: (Duration, Duration) = (Duration::from_millis(40), Duration::from_millis(15));
@@ -543,6 +547,7 @@ const WINDOWS: (Duration, Duration) = (Duration::from_millis(40), Duration::from
 /// call here) falls on both arms alike, and each adjacent pair of windows is one paired
 /// difference.
 async fn request_ids(emulator: &str, concurrency: usize, report: &mut Report) {
+    let run = Duration::from_secs(setting("BENCH_ID_SECONDS", ID_RUN));
     let dir = std::env::temp_dir().join(format!("chime-bench-state-{}", std::process::id()));
     let state_dir = dir.to_str().unwrap().to_owned();
     for (i, (suffix, extra)) in [("", vec![]), ("-state-dir", vec!["--state-dir", &state_dir])]
@@ -560,7 +565,7 @@ async fn request_ids(emulator: &str, concurrency: usize, report: &mut Report) {
         counted_loop(concurrency, fill, calls[1].clone()).await;
         let pid = gateway.pid();
         let probed_at = std::cell::RefCell::new(Vec::new());
-        let (runs, windows) = generator::alternating(concurrency, ID_RUN, WINDOWS, calls, |_| {
+        let (runs, windows) = generator::alternating(concurrency, run, WINDOWS, calls, |_| {
             probed_at.borrow_mut().push(procs::monotonic());
             procs::cpu_time(Some(pid))
         })
@@ -574,7 +579,7 @@ async fn request_ids(emulator: &str, concurrency: usize, report: &mut Report) {
         let added = report::Added::of(&windows);
         let label = format!(
             "closed loop, {concurrency} concurrent, {} s alternating every {} ms",
-            ID_RUN.as_secs(),
+            run.as_secs(),
             WINDOWS.0.as_millis()
         );
         let names = [
@@ -590,17 +595,19 @@ async fn request_ids(emulator: &str, concurrency: usize, report: &mut Report) {
 }
 
 /// Writes `target/bench/NAME-windows.tsv`: the gateway's pid, then each measured window of a pair
-/// (its arm, its start and end on `CLOCK_MONOTONIC` in ns, the calls that finished in it), so that
-/// `scripts/profile-request-id` can tell which arm each of `perf`'s samples fell in.
+/// (its arm, its start and end on `CLOCK_MONOTONIC` in ns, the calls that finished in it, the
+/// gateway's CPU time over it in ns), so that `scripts/profile-request-id` can tell which arm each
+/// of `perf`'s samples fell in, and each window's cost can be looked at.
 fn write_windows(name: &str, pid: u32, windows: &[generator::Window], probed_at: &[Duration]) {
-    let mut text = format!("# pid {pid}\n# arm\tfrom_ns\tto_ns\tcalls\n");
+    let mut text = format!("# pid {pid}\n# arm\tfrom_ns\tto_ns\tcalls\tcpu_ns\n");
     for (window, span) in windows.iter().zip(probed_at.chunks_exact(2)) {
         text += &format!(
-            "{}\t{}\t{}\t{}\n",
+            "{}\t{}\t{}\t{}\t{}\n",
             window.arm,
             span[0].as_nanos(),
             span[1].as_nanos(),
-            window.calls
+            window.calls,
+            window.probed.as_nanos()
         );
     }
     std::fs::create_dir_all("target/bench").unwrap();
