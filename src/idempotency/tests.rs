@@ -504,7 +504,7 @@ async fn a_ttl_too_long_for_the_clock_keeps_answers() {
 
 #[tokio::test]
 async fn a_large_capacity_is_spread_over_shards_and_still_bounded() {
-    let l = L::new(Duration::from_secs(60), 10_000);
+    let l = L::for_cores(Duration::from_secs(60), 10_000, 64);
     assert_eq!(l.shape().0, 8);
     let runs = AtomicU32::new(0);
     for n in 0..20_000 {
@@ -512,7 +512,16 @@ async fn a_large_capacity_is_spread_over_shards_and_still_bounded() {
     }
     let kept = l.kept();
     assert!((9_000..=10_000).contains(&kept), "{kept}");
-    assert_eq!(L::new(Duration::from_secs(60), 1_000_000).shape().0, 16);
+    let shards = |capacity, cores| L::for_cores(Duration::from_secs(60), capacity, cores).shape().0;
+    assert_eq!(shards(1_000_000, 64), 16);
+    // One shard per four cores: on the two of a small sidecar, every call shares one.
+    assert_eq!(
+        [2, 3, 4, 7, 8, 12, 16, 32].map(|cores| shards(1_000_000, cores)),
+        [1, 1, 1, 1, 2, 2, 4, 8]
+    );
+    assert_eq!(shards(10_000, 16), 4);
+    assert_eq!(shards(2_048, 16), 2);
+    assert_eq!(shards(1_000, 16), 1);
 }
 
 #[tokio::test]
