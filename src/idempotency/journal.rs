@@ -7,19 +7,21 @@
 //! `open` is in doubt. The file is mapped into the process, shared: a record is copied into the
 //! kernel's page cache itself, so it outlives a crash or SIGKILL of the process the moment the
 //! copy ends (not a crash of the machine: no fsync), and recording costs no system call. The file
-//! is sized ahead, with room for four records per live key (and at least [`COMPACT_MIN`]), written
-//! with zeros before it is mapped so that its blocks exist: a full disk is an error then, never a
-//! fault on a copy. When the room is used up, the live keys alone (less the expired ones, and the
-//! oldest beyond the capacity) are written to a new file that takes its place, so the file stays
-//! bounded like the memory. On start the file is read up to the first damaged or torn record (or
-//! the zeros of unused room), what was read is kept, and the file is rewritten the same way.
+//! is sized ahead, with room for four records per live key (and at least [`COMPACT_MIN`]), its
+//! blocks reserved (`fallocate`, or zeros written where a file system cannot) before it is mapped:
+//! a full disk is an error then, never a fault on a copy. When the room is used up, the live keys
+//! alone (less the expired ones, and the oldest beyond the capacity) are written to a new file
+//! that takes its place, so the file stays bounded like the memory. On start the file is read up
+//! to the first damaged or torn record (or the zeros of unused room), what was read is kept, and
+//! the file is rewritten the same way.
 //!
 //! Knows files, keys and fingerprints; never HTTP, gRPC or emails.
 
 use std::{
     collections::HashMap,
     fs::{self, File, OpenOptions},
-    io::{self, Read},
+    hash::BuildHasherDefault,
+    io::{self, Read, Seek, Write},
     path::{Path, PathBuf},
     sync::{Mutex, PoisonError},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -28,7 +30,7 @@ use std::{
 use memmap2::MmapMut;
 use sha2::{Digest, Sha256};
 
-use super::{Fingerprint, Key};
+use super::{DigestHasher, Fingerprint, Key};
 
 /// The file's name inside `--state-dir`.
 pub const FILE_NAME: &str = "in-doubt.journal";
@@ -126,7 +128,7 @@ pub struct Recovered {
 }
 
 /// Keys open now, with their fingerprint and when (ms since the epoch) they were opened.
-type Live = HashMap<Key, (Fingerprint, u64)>;
+type Live = HashMap<Key, (Fingerprint, u64), BuildHasherDefault<DigestHasher>>;
 
 #[derive(Debug)]
 struct Inner {
@@ -157,7 +159,7 @@ impl Journal {
         live.sort_by_key(|(_, (_, at))| *at);
         let excess = live.len().saturating_sub(capacity);
         recovered.expired += excess as u64;
-        let live: HashMap<_, _> = live.into_iter().skip(excess).collect();
+        let live: Live = live.into_iter().skip(excess).collect();
         let map = rewrite(&path, &live)?;
         let mut in_doubt: Vec<_> = live.iter().map(|(k, (f, at))| (*at, *k, *f)).collect();
         in_doubt.sort_by_key(|(at, key, _)| (*at, key.0));
@@ -257,7 +259,7 @@ impl Journal {
 /// Reads the records up to the first damaged or torn one: the keys left open within `ttl`.
 fn read(path: &Path, ttl: Duration) -> io::Result<(Live, Recovered)> {
     let mut recovered = Recovered::default();
-    let mut live = HashMap::new();
+    let mut live = Live::default();
     let mut bytes = Vec::new();
     match File::open(path) {
         Ok(mut file) => {
@@ -294,10 +296,10 @@ fn read(path: &Path, ttl: Duration) -> io::Result<(Live, Recovered)> {
 }
 
 /// Writes the live keys to a new file, with room for [`ROOM_PER_KEY`] records per key (and at
-/// least [`COMPACT_MIN`]) filled with zeros, puts it in place of the journal and maps it.
+/// least [`COMPACT_MIN`]) that reads as zeros, puts it in place of the journal and maps it.
 fn rewrite(path: &Path, live: &Live) -> io::Result<MmapMut> {
     let room = COMPACT_MIN.max(ROOM_PER_KEY * live.len() as u64) as usize;
-    let mut bytes = Vec::with_capacity(room * RECORD_LEN);
+    let mut bytes = Vec::with_capacity(live.len() * RECORD_LEN);
     for (key, (fingerprint, at_ms)) in live {
         let record = Record {
             open: true,
@@ -307,17 +309,55 @@ fn rewrite(path: &Path, live: &Live) -> io::Result<MmapMut> {
         };
         bytes.extend_from_slice(&record.encode());
     }
-    bytes.resize(room * RECORD_LEN, 0);
     let fresh = path.with_extension("journal.new");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&fresh)?;
     // No fsync: the journal is for a crash of the process, not of the machine.
-    fs::write(&fresh, &bytes)?;
+    file.write_all(&bytes)?;
+    reserve(&file, (room * RECORD_LEN) as u64)?;
     fs::rename(&fresh, path)?;
-    let file = OpenOptions::new().read(true).write(true).open(path)?;
     // SAFETY: the file is this gateway's own, in its `--state-dir` (one directory per gateway),
     // and nothing else truncates it while it is mapped: a rewrite puts a new file in its place
-    // by rename, and this mapping is dropped first. Its blocks were written above, so a copy
-    // into the mapping cannot fault for want of disk space.
-    unsafe { MmapMut::map_mut(&file) }
+    // by rename, and this mapping is dropped first. Its blocks are reserved, so a copy into the
+    // mapping cannot fault for want of disk space.
+    let map = unsafe { MmapMut::map_mut(&file) }?;
+    // The pages made now, in one call, rather than by a fault each as records reach them. Only a
+    // hint: a kernel before Linux 5.14 refuses it, and the faults make them then.
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::PopulateWrite);
+    Ok(map)
+}
+
+/// Makes `file` `len` bytes long, its blocks on the disk already: a copy into its mapping then
+/// never faults for want of space (a full disk is an error here instead). Where the file system
+/// can reserve blocks (`fallocate`), they are reserved without being written, and the pages of
+/// the file are made only as records reach them; elsewhere the rest of the file is written with
+/// zeros.
+fn reserve(file: &File, len: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => return Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {}
+        Err(e) => return Err(e.into()),
+    }
+    write_zeros(file, len)
+}
+
+/// Writes zeros from the end of `file` up to `len` bytes.
+fn write_zeros(mut file: &File, len: u64) -> io::Result<()> {
+    static CHUNK: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut at = file.metadata()?.len();
+    file.seek(io::SeekFrom::Start(at))?;
+    while at < len {
+        let n = CHUNK.len().min((len - at) as usize);
+        file.write_all(&CHUNK[..n])?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -323,3 +323,21 @@ fn a_journal_that_cannot_be_read_is_an_error() {
     std::os::unix::fs::symlink(FILE_NAME, d.0.join(FILE_NAME)).unwrap();
     assert!(Journal::open(&d.0, TTL, 10).is_err());
 }
+
+#[test]
+fn zeros_fill_a_file_up_to_its_room_where_blocks_cannot_be_reserved() {
+    let d = dir();
+    std::fs::create_dir_all(&d.0).unwrap();
+    let path = d.0.join("zeros");
+    std::fs::write(&path, b"records").unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    write_zeros(&file, 200_000).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), 200_000);
+    assert_eq!(&bytes[..7], b"records");
+    assert!(bytes[7..].iter().all(|b| *b == 0));
+}
