@@ -334,9 +334,8 @@ fn rewrite(path: &Path, live: &Live) -> io::Result<MmapMut> {
 
 /// Makes `file` `len` bytes long, its blocks on the disk already: a copy into its mapping then
 /// never faults for want of space (a full disk is an error here instead). Where the file system
-/// can reserve blocks (`fallocate`), they are reserved without being written, and the pages of
-/// the file are made only as records reach them; elsewhere the rest of the file is written with
-/// zeros.
+/// can reserve blocks (`fallocate`), they are reserved without being written; elsewhere the rest
+/// of the file is written with zeros.
 fn reserve(file: &File, len: u64) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
