@@ -213,6 +213,12 @@ async fn serve(
 /// What the request-id journal gave back at start.
 fn log_recovered(r: &Recovered) {
     let in_doubt = r.in_doubt.len();
+    if r.unkeyed > 0 {
+        tracing::warn!(
+            unkeyed = r.unkeyed,
+            "--state-dir: hash.key could not be read, so the request ids in doubt hashed under it are lost; a new one was drawn"
+        );
+    }
     if r.damaged_bytes > 0 {
         tracing::warn!(
             in_doubt,

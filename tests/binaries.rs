@@ -280,6 +280,41 @@ async fn an_unusable_state_dir_exits_64_naming_it_before_binding() {
 }
 
 #[tokio::test]
+async fn a_state_dir_whose_secret_is_damaged_starts_and_says_what_was_lost() {
+    use chime_gateway::idempotency::{Fingerprint, Journal, Key, journal::KEY_FILE_NAME};
+    let dir = std::env::temp_dir().join(format!("chime-state-{}", uuid::Uuid::new_v4()));
+    let ttl = Duration::from_secs(900);
+    let (journal, _) = Journal::open(&dir, ttl, 100).unwrap();
+    let request = CreateUserRequest {
+        account_id: DEMO_ACCOUNT_ID.into(),
+        ..Default::default()
+    };
+    let key = Key::new(DEMO_ACCOUNT_ID, uuid::Uuid::from_u128(1));
+    journal.opened(key, Fingerprint::of(&request)).unwrap();
+    drop(journal);
+    std::fs::write(dir.join(KEY_FILE_NAME), b"cut short").unwrap();
+    let (child, _) = start_emulated(
+        &["--log-format", "json", "--state-dir", dir.to_str().unwrap()],
+        &[],
+    )
+    .await;
+    let logs = stderr_after_sigterm(child).await;
+    let secret = std::fs::read(dir.join(KEY_FILE_NAME)).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let warning = logs
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
+        .find(|v| v["unkeyed"] == 1)
+        .unwrap_or_else(|| panic!("no line counts the lost key: {logs}"));
+    assert_eq!(warning["level"], "WARN");
+    assert!(
+        warning["message"].as_str().unwrap().contains("hash.key"),
+        "{warning}"
+    );
+    assert_eq!(secret.len(), 16, "a new secret in its place");
+}
+
+#[tokio::test]
 async fn unreadable_tls_files_exit_64_before_binding() {
     let out = command(GATEWAY)
         .args([

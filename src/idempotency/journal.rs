@@ -15,6 +15,14 @@
 //! to the first damaged or torn record (or the zeros of unused room), what was read is kept, and
 //! the file is rewritten the same way.
 //!
+//! Keys and fingerprints must come out the same in the process that reads the journal as in the
+//! one that wrote it, yet no caller may predict them (a caller that could would pick ids whose keys
+//! pile into one bucket of the ledger's maps). So the directory keeps a secret of its own,
+//! `hash.key`: 16 random bytes drawn when a directory is first used, under which both are SipHash
+//! ([`super::Local`]), as in a gateway without `--state-dir`. A journal written by an earlier
+//! version, whose keys are SHA-256 digests and which has no `hash.key`, keeps digests for as long as
+//! a start finds keys in doubt in it; the first start that finds none draws the secret.
+//!
 //! Knows files, keys and fingerprints; never HTTP, gRPC or emails.
 
 use std::{
@@ -30,10 +38,14 @@ use std::{
 use memmap2::MmapMut;
 use sha2::{Digest, Sha256};
 
-use super::{DigestHasher, Fingerprint, Key};
+use super::{DigestHasher, Fingerprint, Key, Local};
 
 /// The file's name inside `--state-dir`.
 pub const FILE_NAME: &str = "in-doubt.journal";
+/// The name of the secret that keys and fingerprints are hashed under, inside `--state-dir`.
+pub const KEY_FILE_NAME: &str = "hash.key";
+/// Bytes of that secret.
+const SECRET_LEN: usize = 16;
 /// Bytes of one record: kind, key, fingerprint, time (ms since the epoch), checksum. The key and
 /// the fingerprint each have 32 bytes: their 16, then zeros. (Earlier versions wrote whole 32-byte
 /// digests there, whose first 16 bytes are the key and fingerprint now: their records read the
@@ -125,6 +137,9 @@ pub struct Recovered {
     pub damaged_bytes: u64,
     /// Keys dropped because they were older than the TTL.
     pub expired: u64,
+    /// Keys in doubt let go because `hash.key` could not be read: they were hashed under a secret
+    /// that is lost, so no retry could find them.
+    pub unkeyed: u64,
 }
 
 /// Keys open now, with their fingerprint and when (ms since the epoch) they were opened.
@@ -143,6 +158,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
+    /// The directory's secret; `None` for a journal of digests (an earlier version's).
+    secret: Option<[u8; SECRET_LEN]>,
     ttl: Duration,
     capacity: usize,
     inner: Mutex<Inner>,
@@ -159,7 +176,18 @@ impl Journal {
         live.sort_by_key(|(_, (_, at))| *at);
         let excess = live.len().saturating_sub(capacity);
         recovered.expired += excess as u64;
-        let live: Live = live.into_iter().skip(excess).collect();
+        let mut live: Live = live.into_iter().skip(excess).collect();
+        let secret = match read_secret(&dir.join(KEY_FILE_NAME)) {
+            Secret::Kept(secret) => Some(secret),
+            // An earlier version's journal: its keys are digests, and stay so while some are live.
+            Secret::Missing if !live.is_empty() => None,
+            Secret::Missing => Some(draw_secret(dir)?),
+            Secret::Unreadable => {
+                recovered.unkeyed = live.len() as u64;
+                live.clear();
+                Some(draw_secret(dir)?)
+            }
+        };
         let map = rewrite(&path, &live)?;
         let mut in_doubt: Vec<_> = live.iter().map(|(k, (f, at))| (*at, *k, *f)).collect();
         in_doubt.sort_by_key(|(at, key, _)| (*at, key.0));
@@ -167,6 +195,7 @@ impl Journal {
         let records = live.len() as u64;
         let journal = Self {
             path,
+            secret,
             ttl,
             capacity,
             inner: Mutex::new(Inner {
@@ -176,6 +205,13 @@ impl Journal {
             }),
         };
         Ok((journal, recovered))
+    }
+
+    /// How the keys and fingerprints of this journal are computed: SipHash under the directory's
+    /// secret, or `None` for SHA-256 digests ([`Key::new`], [`Fingerprint::of`]), which a journal
+    /// of an earlier version still holds.
+    pub fn hashing(&self) -> Option<Local> {
+        self.secret.map(Local::with_secret)
     }
 
     /// Records that an attempt for `key` is about to be sent: in the kernel's hands when this
@@ -254,6 +290,40 @@ impl Journal {
     pub fn records(&self) -> u64 {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner).records
     }
+}
+
+/// What `hash.key` held.
+#[derive(Debug, PartialEq, Eq)]
+enum Secret {
+    Kept([u8; SECRET_LEN]),
+    Missing,
+    /// There, but not a secret: too short or too long, or not a file that can be read.
+    Unreadable,
+}
+
+fn read_secret(path: &Path) -> Secret {
+    match fs::read(path) {
+        Ok(bytes) => bytes.try_into().map_or(Secret::Unreadable, Secret::Kept),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Secret::Missing,
+        Err(_) => Secret::Unreadable,
+    }
+}
+
+/// Draws a new secret and puts it in `dir`, whole or not at all: written to a file of its own,
+/// flushed to the disk (once per directory, so a crash of the machine cannot leave an empty one
+/// behind), and put in place by rename. Only this gateway may read it.
+fn draw_secret(dir: &Path) -> io::Result<[u8; SECRET_LEN]> {
+    let secret: [u8; SECRET_LEN] = rand::random();
+    let fresh = dir.join(KEY_FILE_NAME).with_extension("key.new");
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&fresh)?;
+    file.write_all(&secret)?;
+    file.sync_all()?;
+    fs::rename(&fresh, dir.join(KEY_FILE_NAME))?;
+    Ok(secret)
 }
 
 /// Reads the records up to the first damaged or torn one: the keys left open within `ttl`.

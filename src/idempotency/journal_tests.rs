@@ -120,7 +120,11 @@ fn records_of_earlier_versions_are_read_and_rewritten_as_current_ones() {
     };
     let path = d.0.join(FILE_NAME);
     std::fs::write(&path, [record(1), record(2)].concat()).unwrap();
-    let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
+    let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
+    assert!(
+        journal.hashing().is_none(),
+        "its keys are digests, and so are those of retries"
+    );
     let mut in_doubt = recovered.in_doubt.clone();
     in_doubt.sort_by_key(|(_, f)| f.0);
     // The keys the current version computes for the same ids.
@@ -340,4 +344,100 @@ fn zeros_fill_a_file_up_to_its_room_where_blocks_cannot_be_reserved() {
     assert_eq!(bytes.len(), 200_000);
     assert_eq!(&bytes[..7], b"records");
     assert!(bytes[7..].iter().all(|b| *b == 0));
+}
+
+/// The keys a journal's hashing gives for a few ids, to compare two hashings by.
+fn keys_under(journal: &Journal) -> Option<Vec<Key>> {
+    let local = journal.hashing()?;
+    Some(
+        (0..3)
+            .map(|n| Key::local("acct", uuid::Uuid::from_u128(n), &local))
+            .collect(),
+    )
+}
+
+#[test]
+fn a_directory_keeps_the_secret_its_keys_are_hashed_under() {
+    let d = dir();
+    let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
+    let first = keys_under(&journal).expect("a new directory's keys are keyed");
+    let secret = d.0.join(KEY_FILE_NAME);
+    assert_eq!(std::fs::read(&secret).unwrap().len(), SECRET_LEN);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "only the gateway reads its secret: {mode:o}");
+    }
+    assert!(!d.0.join(KEY_FILE_NAME).with_extension("key.new").exists());
+    drop(journal);
+    // A restart hashes the same ids to the same keys: that is what finds the markers.
+    let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
+    assert_eq!(keys_under(&journal), Some(first.clone()));
+    // Another directory, another secret; and neither is the digest every process computes.
+    let other = dir();
+    let (journal, _) = Journal::open(&other.0, TTL, 100).unwrap();
+    let second = keys_under(&journal).unwrap();
+    assert_ne!(first, second);
+    assert!(!first.contains(&key(0)) && !second.contains(&key(0)));
+}
+
+#[test]
+fn a_journal_of_digests_keeps_them_until_a_start_finds_none_in_doubt() {
+    let d = dir();
+    {
+        let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
+        journal.opened(key(1), fp(1)).unwrap();
+        journal.opened(key(2), fp(2)).unwrap();
+    }
+    // As an earlier version leaves a directory: the journal, and no secret.
+    std::fs::remove_file(d.0.join(KEY_FILE_NAME)).unwrap();
+    let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
+    assert_eq!(recovered.in_doubt.len(), 2);
+    assert!(
+        journal.hashing().is_none(),
+        "digests, as the keys in doubt were written"
+    );
+    assert!(!d.0.join(KEY_FILE_NAME).exists());
+    journal.closed(key(1)).unwrap();
+    drop(journal);
+    // One key still in doubt: still digests.
+    let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
+    assert_eq!(recovered.in_doubt, vec![(key(2), fp(2))]);
+    assert!(journal.hashing().is_none());
+    journal.closed(key(2)).unwrap();
+    drop(journal);
+    // None in doubt: the directory gets its secret.
+    let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
+    assert!(recovered.in_doubt.is_empty());
+    assert!(journal.hashing().is_some());
+    assert!(d.0.join(KEY_FILE_NAME).exists());
+}
+
+#[test]
+fn an_unreadable_secret_lets_go_of_the_keys_under_it_and_never_stops_the_start() {
+    for damage in [&b"short"[..], &[7u8; SECRET_LEN + 1][..]] {
+        let d = dir();
+        {
+            let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
+            journal.opened(key(1), fp(1)).unwrap();
+            journal.opened(key(2), fp(2)).unwrap();
+        }
+        std::fs::write(d.0.join(KEY_FILE_NAME), damage).unwrap();
+        let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
+        assert_eq!(recovered.unkeyed, 2);
+        assert!(recovered.in_doubt.is_empty());
+        assert!(journal.hashing().is_some());
+        assert_eq!(journal.records(), 0);
+        assert_eq!(std::fs::read(d.0.join(KEY_FILE_NAME)).unwrap().len(), SECRET_LEN);
+        drop(journal);
+        let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
+        assert_eq!(recovered, Recovered::default());
+    }
+    // Not a file at all: the same, once it can be replaced.
+    let d = dir();
+    std::fs::create_dir_all(d.0.join(KEY_FILE_NAME)).unwrap();
+    assert_eq!(read_secret(&d.0.join(KEY_FILE_NAME)), Secret::Unreadable);
+    // A directory cannot be replaced by a file: the start is refused, naming the error.
+    assert!(Journal::open(&d.0, TTL, 100).is_err());
 }

@@ -423,7 +423,8 @@ impl<V: Keep + Send + 'static, E: Send + Sync + 'static> Marks for Shared<V, E> 
 pub struct Ledger<V: Keep, E> {
     shared: Shared<V, E>,
     journal: Option<Journal>,
-    local: Local,
+    /// What keys and fingerprints are hashed under: `None` for SHA-256 digests.
+    local: Option<Local>,
 }
 
 impl<V: Keep, E> std::fmt::Debug for Ledger<V, E> {
@@ -531,16 +532,15 @@ where
         Self {
             shared,
             journal: None,
-            local: Local::new(),
+            local: Some(Local::new()),
         }
     }
 
-    /// The key and fingerprint of a call as this ledger keeps them: with a journal, digests that
-    /// are the same in every process, so that a restarted gateway finds the markers the one before
-    /// it left; without one, this process's own ([`Local`]), at a fraction of the cost.
+    /// The key and fingerprint of a call as this ledger keeps them: SipHash under this process's
+    /// own secret, or with a journal under its directory's, so that a restarted gateway finds the
+    /// markers the one before it left (SHA-256 digests for a journal of an earlier version).
     pub fn identify(&self, request: &CreateUserRequest, request_id: Uuid) -> (Key, Fingerprint) {
-        let local = self.journal.is_none().then_some(&self.local);
-        super::identify(request, request_id, local)
+        super::identify(request, request_id, self.local.as_ref())
     }
 
     /// Keeps the in-doubt markers in `journal` too, starting from the keys it recovered, so that
@@ -549,6 +549,7 @@ where
         for (key, fingerprint) in in_doubt {
             self.shared.mark(*key, *fingerprint);
         }
+        self.local = journal.hashing();
         self.journal = Some(journal);
     }
 

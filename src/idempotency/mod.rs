@@ -15,8 +15,9 @@
 //!
 //! With `--state-dir`, the in-doubt markers are also written to a journal (`journal`) before each
 //! call's first attempt leaves, so that a restarted process still knows them. Keys and
-//! fingerprints are then SHA-256 digests, the same in every process; without it, SipHash under a
-//! key of the process's own ([`Local`]), which costs a fraction of a digest.
+//! fingerprints are SipHash under a secret ([`Local`]): the process's own, or with `--state-dir`
+//! the directory's, so that every process using it computes the same ones. A journal of an
+//! earlier version holds SHA-256 digests, which are still computed while it has keys in doubt.
 //!
 //! Owns keys, fingerprints, what is kept and for how long; knows nothing of HTTP, gRPC statuses
 //! or the upstream. Never sees an email in clear beyond hashing it.
@@ -76,15 +77,15 @@ impl Key {
         u64::from_le_bytes(*head)
     }
 
-    /// The key of `request_id` in `account_id`, the same in every process: what `--state-dir`
-    /// keeps.
+    /// The key of `request_id` in `account_id` as a SHA-256 digest, the same in every process:
+    /// what a journal of an earlier version keeps.
     pub fn new(account_id: &str, request_id: uuid::Uuid) -> Self {
         let mut h = Sha256::new();
         key_input(&mut h, account_id, request_id);
         Self(first_half(h))
     }
 
-    /// The key of `request_id` in `account_id` in this process alone (see [`Local`]).
+    /// The key of `request_id` in `account_id` under `local`'s secret (see [`Local`]).
     pub fn local(account_id: &str, request_id: uuid::Uuid, local: &Local) -> Self {
         let mut h = local.0;
         key_input(&mut h, account_id, request_id);
@@ -103,15 +104,15 @@ fn key_input(h: &mut impl Absorb, account_id: &str, request_id: uuid::Uuid) {
 pub struct Fingerprint([u8; 16]);
 
 impl Fingerprint {
-    /// The fingerprint of a request, the same in every process; the request id itself is not
-    /// part of it.
+    /// The fingerprint of a request as a SHA-256 digest, the same in every process (see
+    /// [`Key::new`]); the request id itself is not part of it.
     pub fn of(request: &CreateUserRequest) -> Self {
         let mut h = Sha256::new();
         fingerprint_input(&mut h, request);
         Self(first_half(h))
     }
 
-    /// The fingerprint of a request in this process alone (see [`Local`]).
+    /// The fingerprint of a request under `local`'s secret (see [`Local`]).
     pub fn local(request: &CreateUserRequest, local: &Local) -> Self {
         let mut h = local.0;
         fingerprint_input(&mut h, request);
@@ -163,18 +164,24 @@ fn identify(
     }
 }
 
-/// Keys and fingerprints that only this process needs to recognise (no `--state-dir` keeps
-/// them): SipHash-1-3 (the function of Rust's own hash maps), 128 bits, under a key drawn at
-/// random when the ledger is made. Keyed, and its results never leave the process, so no caller
-/// can choose an id whose key another call's has; about a third of two SHA-256 digests' cost.
+/// How keys and fingerprints are computed: SipHash-1-3 (the function of Rust's own hash maps),
+/// 128 bits, under a secret drawn at random, by the process or (`--state-dir`) once for its
+/// directory. The secret never leaves the gateway, so no caller can choose an id whose key
+/// another call's has, or ids whose keys fall in one bucket of a map; about a third of two
+/// SHA-256 digests' cost.
 #[derive(Clone, Copy)]
 pub struct Local(SipHasher13);
 
 impl Local {
     /// Hashing under a fresh random key.
     pub fn new() -> Self {
-        let [k0, k1] = rand::random::<[u64; 2]>();
-        Self(SipHasher13::new_with_keys(k0, k1))
+        Self::with_secret(rand::random())
+    }
+
+    /// Hashing under `secret`: a `--state-dir`'s, so that every process using it computes the
+    /// same keys.
+    pub fn with_secret(secret: [u8; 16]) -> Self {
+        Self(SipHasher13::new_with_key(&secret))
     }
 }
 

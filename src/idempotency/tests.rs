@@ -284,11 +284,11 @@ fn fingerprints_tell_every_field_and_its_presence_apart() {
     assert_eq!(local(&other_id), local(&base));
 }
 
-// Keys and fingerprints are digests the same in every process when a journal keeps them, and this
-// process's own otherwise: the same for the same call, different for another account or id, and
-// under another ledger's random key, different again.
+// Keys and fingerprints are this process's own without a journal, and its directory's with one:
+// the same for the same call, different for another account or id, and under another secret,
+// different again. A journal of an earlier version still in doubt keeps them digests.
 #[test]
-fn a_ledger_identifies_calls_by_digests_with_a_journal_and_by_its_own_key_without() {
+fn a_ledger_identifies_calls_by_its_own_secret_or_its_journals() {
     let id = uuid::Uuid::from_u128(1);
     let call = request("a@x.io");
     let (l, other) = (ledger(), ledger());
@@ -304,15 +304,36 @@ fn a_ledger_identifies_calls_by_digests_with_a_journal_and_by_its_own_key_withou
     };
     assert_ne!(l.identify(&other_account, id).0, key);
     assert_ne!(l.identify(&call, uuid::Uuid::from_u128(2)).0, key);
+    assert_eq!(format!("{:?}", Local::new()), "Local(..)");
+
     let dir = std::env::temp_dir().join(format!("chime-ledger-{}", uuid::Uuid::new_v4()));
-    let (journal, _) = Journal::open(&dir, Duration::from_secs(60), 100).unwrap();
-    let mut l = l;
-    l.attach_journal(journal, &[]);
+    let ttl = Duration::from_secs(60);
+    let with_journal = || {
+        let mut l = ledger();
+        let (journal, recovered) = Journal::open(&dir, ttl, 100).unwrap();
+        l.attach_journal(journal, &recovered.in_doubt);
+        l
+    };
+    let (first, second) = (with_journal(), with_journal());
+    let keyed = first.identify(&call, id);
+    assert_eq!(second.identify(&call, id), keyed, "one directory, one secret");
+    assert_ne!(keyed, (key, fingerprint));
+    assert_ne!(keyed, (Key::new("acct", id), Fingerprint::of(&call)));
+    drop((first, second));
+    // An earlier version's directory: a key in doubt, and no secret.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let (journal, _) = Journal::open(&dir, ttl, 100).unwrap();
+    journal
+        .opened(Key::new("acct", id), Fingerprint::of(&call))
+        .unwrap();
+    drop(journal);
+    std::fs::remove_file(dir.join(journal::KEY_FILE_NAME)).unwrap();
+    let l = with_journal();
     assert_eq!(
         l.identify(&call, id),
         (Key::new("acct", id), Fingerprint::of(&call))
     );
-    assert_eq!(format!("{:?}", Local::new()), "Local(..)");
+    assert!(l.in_doubt(&Key::new("acct", id)));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
