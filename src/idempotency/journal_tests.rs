@@ -16,6 +16,15 @@ fn dir() -> tempdir::Dir {
     tempdir::Dir::new()
 }
 
+/// A directory whose journal has keys 1 and 2 left open, as a killed gateway leaves it.
+fn two_left_open() -> tempdir::Dir {
+    let d = dir();
+    let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
+    journal.opened(key(1), fp(1)).unwrap();
+    journal.opened(key(2), fp(2)).unwrap();
+    d
+}
+
 /// A fresh directory under the system's temporary one, removed on drop.
 mod tempdir {
     pub struct Dir(pub std::path::PathBuf);
@@ -64,12 +73,7 @@ fn keys_left_open_are_in_doubt_after_a_restart_and_closed_ones_are_not() {
 
 #[test]
 fn a_torn_last_record_is_read_up_to_the_damage() {
-    let d = dir();
-    {
-        let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
-        journal.opened(key(1), fp(1)).unwrap();
-        journal.opened(key(2), fp(2)).unwrap();
-    }
+    let d = two_left_open();
     let path = d.0.join(FILE_NAME);
     let mut bytes = std::fs::read(&path).unwrap();
     // A copy cut short by a kill: half a record, then the zeros of the room.
@@ -384,12 +388,7 @@ fn a_directory_keeps_the_secret_its_keys_are_hashed_under() {
 
 #[test]
 fn a_journal_of_digests_keeps_them_until_a_start_finds_none_in_doubt() {
-    let d = dir();
-    {
-        let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
-        journal.opened(key(1), fp(1)).unwrap();
-        journal.opened(key(2), fp(2)).unwrap();
-    }
+    let d = two_left_open();
     // As an earlier version leaves a directory: the journal, and no secret.
     std::fs::remove_file(d.0.join(KEY_FILE_NAME)).unwrap();
     let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
@@ -417,12 +416,7 @@ fn a_journal_of_digests_keeps_them_until_a_start_finds_none_in_doubt() {
 #[test]
 fn an_unreadable_secret_lets_go_of_the_keys_under_it_and_never_stops_the_start() {
     for damage in [&b"short"[..], &[7u8; SECRET_LEN + 1][..]] {
-        let d = dir();
-        {
-            let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
-            journal.opened(key(1), fp(1)).unwrap();
-            journal.opened(key(2), fp(2)).unwrap();
-        }
+        let d = two_left_open();
         std::fs::write(d.0.join(KEY_FILE_NAME), damage).unwrap();
         let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
         assert_eq!(recovered.unkeyed, 2);
