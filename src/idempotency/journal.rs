@@ -313,6 +313,10 @@ fn read_secret(path: &Path) -> Secret {
 /// flushed to the disk (once per directory, so a crash of the machine cannot leave an empty one
 /// behind), and put in place by rename. Only this gateway may read it.
 fn draw_secret(dir: &Path) -> io::Result<[u8; SECRET_LEN]> {
+    put_secret(dir).map_err(|e| io::Error::new(e.kind(), format!("{KEY_FILE_NAME}: {e}")))
+}
+
+fn put_secret(dir: &Path) -> io::Result<[u8; SECRET_LEN]> {
     let secret: [u8; SECRET_LEN] = rand::random();
     let fresh = dir.join(KEY_FILE_NAME).with_extension("key.new");
     let mut options = OpenOptions::new();

@@ -432,6 +432,7 @@ fn an_unreadable_secret_lets_go_of_the_keys_under_it_and_never_stops_the_start()
     let d = dir();
     std::fs::create_dir_all(d.0.join(KEY_FILE_NAME)).unwrap();
     assert_eq!(read_secret(&d.0.join(KEY_FILE_NAME)), Secret::Unreadable);
-    // A directory cannot be replaced by a file: the start is refused, naming the error.
-    assert!(Journal::open(&d.0, TTL, 100).is_err());
+    // A directory cannot be replaced by a file: the start is refused, naming the file.
+    let error = Journal::open(&d.0, TTL, 100).unwrap_err();
+    assert!(error.to_string().starts_with("hash.key: "), "{error}");
 }
