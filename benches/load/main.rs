@@ -14,10 +14,12 @@
 //! 6. `in-flight-1000`: 1,000 calls held in flight by a slow emulator, with the default
 //!    `--upstream-max-connections` and then with others (the memory/throughput trade-off);
 //! 7. `gateway-request-id`: 2 with a new request id on every call against `gateway-without-id`,
-//!    in a gateway of their own, the same closed loop switching between the two every 40 ms (what
-//!    a request id costs per call, as a mean over paired windows with its 95% confidence
-//!    interval), and the same pair with `--state-dir` (`*-state-dir`); `gateway-unprotected`: 2
-//!    with the retry budget and send rate off (what they cost);
+//!    in a gateway of their own on processors of its own (the client and the emulator on the
+//!    others), the same closed loop switching between the two every 40 ms (what a request id
+//!    costs per call, as a mean over paired windows with its 95% confidence interval), the same
+//!    pair with `--state-dir` (`*-state-dir`), and the memory-only pair again with every
+//!    processor shared (`*-shared`); `gateway-unprotected`: 2 with the retry budget and send
+//!    rate off (what they cost);
 //! 8. `ledger-path*`: the request-id path alone in this process, hot, with `--state-dir`, and
 //!    cold (the caches walked over before each call); `ledger-empty`, `ledger-full`: RSS after as
 //!    many calls as fill the request-id memory at its default capacity, with request ids and
@@ -142,7 +144,7 @@ async fn suite() {
     let mut report = Report::new(seconds, concurrency);
     if std::env::var("BENCH_ONLY").as_deref() == Ok("request-id") {
         ledger_path(200_000, &mut report).await;
-        request_ids(&emulator.addr, concurrency, &mut report).await;
+        request_ids(&emulator, concurrency, &mut report).await;
         report.print_request_id_cost();
         return;
     }
@@ -241,7 +243,7 @@ async fn suite() {
     drop(gateway);
 
     ledger_path(200_000, &mut report).await;
-    request_ids(&emulator.addr, concurrency, &mut report).await;
+    request_ids(&emulator, concurrency, &mut report).await;
     for ids in [Ids::Without, Ids::With] {
         ledger(&emulator.addr, concurrency, ids, &mut report).await;
     }
@@ -538,23 +540,35 @@ const ID_RUN: u64 = 120;
 /// a switch, time for the other kind's calls in flight to finish, then the measured window.
 const WINDOWS: (Duration, Duration) = (Duration::from_millis(40), Duration::from_millis(15));
 
-/// What a request id costs per call, in two gateway processes of their own: one keeping request
-/// ids in memory only, one with `--state-dir`. The client draws a request id for every call in
-/// both arms (and sends it in one). In each gateway the request-id memory is first filled (the
-/// steady state of a busy gateway); then the same closed loop switches between calls without
-/// and with a new request id every [`WINDOWS`] (ABBA), reading the gateway's CPU time at each
-/// window's ends. A noisy machine's drift (one 3 s run of the same code varies by 10-40 us per
-/// call here) falls on both arms alike, and each adjacent pair of windows is one paired
-/// difference.
-async fn request_ids(emulator: &str, concurrency: usize, report: &mut Report) {
+/// What a request id costs per call, in gateway processes of their own: one keeping request ids
+/// in memory only, one with `--state-dir`, both on processors of their own (see
+/// [`procs::Cores`]), and for reference the memory-only one again sharing every processor with
+/// this process (the client) and the emulator, as the other scenarios do. The client draws a
+/// request id for every call in both arms (and sends it in one). In each gateway the request-id
+/// memory is first filled (the steady state of a busy gateway); then the same closed loop
+/// switches between calls without and with a new request id every [`WINDOWS`] (ABBA), reading
+/// the gateway's CPU time at each window's ends. A noisy machine's drift (one 3 s run of the same
+/// code varies by 10-40 us per call here) falls on both arms alike, and each adjacent pair of
+/// windows is one paired difference.
+async fn request_ids(emulator: &procs::Proc, concurrency: usize, report: &mut Report) {
     let run = Duration::from_secs(setting("BENCH_ID_SECONDS", ID_RUN));
     let dir = std::env::temp_dir().join(format!("chime-bench-state-{}", std::process::id()));
     let state_dir = dir.to_str().unwrap().to_owned();
-    for (i, (suffix, extra)) in [("", vec![]), ("-state-dir", vec!["--state-dir", &state_dir])]
-        .into_iter()
-        .enumerate()
-    {
-        let (gateway, _) = procs::gateway(emulator, &extra).await;
+    let cores = procs::Cores::split();
+    let pairs = [
+        ("", vec![], true),
+        ("-state-dir", vec!["--state-dir", &state_dir], true),
+        ("-shared", vec![], false),
+    ];
+    for (i, (suffix, extra, apart)) in pairs.into_iter().enumerate() {
+        let (gateway, _) = if apart {
+            procs::gateway_on(&emulator.addr, &extra, &cores.gateway).await
+        } else {
+            procs::gateway(&emulator.addr, &extra).await
+        };
+        let others = if apart { &cores.rest } else { &cores.all };
+        procs::pin(std::process::id(), others);
+        procs::pin(emulator.pid(), others);
         let client = grpc_client(&gateway.addr).await;
         let calls = [
             grpc_call(client.clone(), Ids::Drawn),
@@ -570,6 +584,8 @@ async fn request_ids(emulator: &str, concurrency: usize, report: &mut Report) {
             procs::cpu_time(Some(pid))
         })
         .await;
+        procs::pin(std::process::id(), &cores.all);
+        procs::pin(emulator.pid(), &cores.all);
         write_windows(
             &format!("request-id{suffix}"),
             pid,
@@ -578,9 +594,14 @@ async fn request_ids(emulator: &str, concurrency: usize, report: &mut Report) {
         );
         let added = report::Added::of(&windows);
         let label = format!(
-            "closed loop, {concurrency} concurrent, {} s alternating every {} ms",
+            "closed loop, {concurrency} concurrent, {} s alternating every {} ms; {}",
             run.as_secs(),
-            WINDOWS.0.as_millis()
+            WINDOWS.0.as_millis(),
+            if apart {
+                cores.describe()
+            } else {
+                "every CPU shared".to_owned()
+            }
         );
         let names = [
             format!("gateway-without-id{suffix}"),

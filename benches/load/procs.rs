@@ -83,9 +83,39 @@ pub async fn gateway(emulator_url: &str, extra: &[&str]) -> (Proc, Duration) {
 
 /// The gateway listening on `listen` (`HOST:PORT` or `unix:/path`).
 pub async fn gateway_at(emulator_url: &str, listen: &str, extra: &[&str]) -> (Proc, Duration) {
+    start_gateway(emulator_url, listen, extra, None).await
+}
+
+/// The gateway in front of `emulator_url`, allowed only the processors `cpus` from its start, so
+/// that it sizes its runtime (and its request-id memory's shards) to them.
+pub async fn gateway_on(emulator_url: &str, extra: &[&str], cpus: &[usize]) -> (Proc, Duration) {
+    start_gateway(emulator_url, &free_port().to_string(), extra, Some(cpus)).await
+}
+
+async fn start_gateway(
+    emulator_url: &str,
+    listen: &str,
+    extra: &[&str],
+    cpus: Option<&[usize]>,
+) -> (Proc, Duration) {
     let metrics = free_port();
     let started = Instant::now();
-    let child = clean(GATEWAY)
+    let mut command = clean(GATEWAY);
+    if let Some(cpus) = cpus {
+        let set = cpu_set(cpus);
+        // SAFETY: between fork and exec the closure makes one system call and touches only the
+        // set it owns, which was made before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                let size = std::mem::size_of::<libc::cpu_set_t>();
+                match libc::sched_setaffinity(0, size, &set) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+    }
+    let child = command
         .args(["--listen", listen, "--metrics-listen", &metrics.to_string()])
         .args(extra)
         .env("AWS_ENDPOINT_URL_CHIME", emulator_url)
@@ -172,6 +202,89 @@ async fn wait_serving(addr: &str) -> Instant {
             }
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// How the request-id pairs share out the processors this bench may use: the gateway gets the
+/// first half of them, and this process (the client) and the emulator the others, so that
+/// neither's work evicts the gateway's code and data from the caches of the cores it runs on.
+/// With one processor there is nothing to split, and all three share it.
+pub struct Cores {
+    pub all: Vec<usize>,
+    pub gateway: Vec<usize>,
+    pub rest: Vec<usize>,
+}
+
+impl Cores {
+    pub fn split() -> Self {
+        let all = allowed_cpus();
+        let (gateway, rest) = if all.len() < 2 {
+            (all.clone(), all.clone())
+        } else {
+            let (gateway, rest) = all.split_at(all.len() / 2);
+            (gateway.to_vec(), rest.to_vec())
+        };
+        Self { all, gateway, rest }
+    }
+
+    /// Whether the gateway has processors of its own.
+    pub fn split_apart(&self) -> bool {
+        self.all.len() >= 2
+    }
+
+    /// How the processors are shared out, for a scenario's label.
+    pub fn describe(&self) -> String {
+        if !self.split_apart() {
+            return format!(
+                "gateway, client and emulator all on CPU {:?} (one CPU: not split)",
+                self.all
+            );
+        }
+        format!(
+            "gateway on CPU {:?}, client and emulator on CPU {:?}",
+            self.gateway, self.rest
+        )
+    }
+}
+
+/// The processors this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero `cpu_set_t` is an empty set, a valid value.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid place for a set of the size given.
+    let err = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    assert_eq!(err, 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: `set` is initialised, and every index is below `CPU_SETSIZE`.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: an all-zero `cpu_set_t` is an empty set, a valid value.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: `set` is a valid set; `cpu` came from `allowed_cpus`, below `CPU_SETSIZE`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    set
+}
+
+/// Lets every thread of process `pid` run only on `cpus`; threads it starts later inherit the
+/// set from the thread that starts them.
+pub fn pin(pid: u32, cpus: &[usize]) {
+    let set = cpu_set(cpus);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid: libc::pid_t = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+        // SAFETY: `set` is a valid set of the size given.
+        let err = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        // A thread that ended since the directory was read is no longer there to pin.
+        let gone = std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        assert!(
+            err == 0 || gone,
+            "pinning thread {tid} of {pid}: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

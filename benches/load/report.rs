@@ -68,8 +68,9 @@ pub struct Report {
     pub startup_ms: f64,
     pub idle_rss_kib: u64,
     pub scenarios: Vec<Scenario>,
-    /// What a request id adds, memory only and with `--state-dir`.
-    pub request_ids: [Option<Added>; 2],
+    /// What a request id adds: memory only and with `--state-dir`, each gateway on processors of
+    /// its own, then memory only with every processor shared.
+    pub request_ids: [Option<Added>; 3],
     pub targets: Vec<Target>,
 }
 
@@ -151,7 +152,7 @@ impl Report {
             startup_ms: 0.0,
             idle_rss_kib: 0,
             scenarios: Vec::new(),
-            request_ids: [None, None],
+            request_ids: [None, None, None],
             targets: Vec::new(),
         }
     }
@@ -191,6 +192,8 @@ impl Report {
             "gateway-request-id",
             "gateway-without-id-state-dir",
             "gateway-request-id-state-dir",
+            "gateway-without-id-shared",
+            "gateway-request-id-shared",
             "gateway-half",
         ]
         .iter()
@@ -214,7 +217,7 @@ impl Report {
                 ratio <= 1.5,
             ),
             (
-                "CPU a request id adds per call, memory only (gateway-request-id - gateway-without-id: one gateway, 40 ms windows alternating; each arm's CPU over its calls, 95% CI)",
+                "CPU a request id adds per call, memory only (gateway-request-id - gateway-without-id: one gateway on processors of its own, the client and the emulator on the others; 40 ms windows alternating; each arm's CPU over its calls, 95% CI)",
                 "<= 3 us",
                 ids(0),
                 added(0) <= 3.0,
@@ -224,6 +227,12 @@ impl Report {
                 "<= 8 us",
                 ids(1),
                 added(1) <= 8.0,
+            ),
+            (
+                "(reference) CPU a request id adds per call, memory only, the gateway sharing every processor with the client and the emulator (gateway-request-id-shared - gateway-without-id-shared)",
+                "-",
+                ids(2),
+                true,
             ),
             (
                 "(reference) the request-id path alone, in process: ledger-path / ledger-path-state-dir / ledger-path-cold (caches walked over before each call)",
@@ -321,8 +330,12 @@ impl Report {
 
     /// Prints what `BENCH_ONLY=request-id` measured.
     pub fn print_request_id_cost(&self) {
-        let [memory, state_dir] = &self.request_ids;
-        for (added, how) in [(memory, "memory only"), (state_dir, "with --state-dir")] {
+        let [memory, state_dir, shared] = &self.request_ids;
+        for (added, how) in [
+            (memory, "memory only"),
+            (state_dir, "with --state-dir"),
+            (shared, "memory only, every processor shared"),
+        ] {
             if let Some(added) = added {
                 println!("a request id adds {added} of CPU per call, {how}");
             }
