@@ -277,14 +277,15 @@ pub fn pin(pid: u32, cpus: &[usize]) {
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let tid: libc::pid_t = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
         // SAFETY: `set` is a valid set of the size given.
-        let err = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-        // A thread that ended since the directory was read is no longer there to pin.
-        let gone = std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        assert!(
-            err == 0 || gone,
-            "pinning thread {tid} of {pid}: {}",
-            std::io::Error::last_os_error()
-        );
+        if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+            let error = std::io::Error::last_os_error();
+            // A thread that ended since the directory was read is no longer there to pin.
+            assert_eq!(
+                error.raw_os_error(),
+                Some(libc::ESRCH),
+                "pinning thread {tid} of {pid}: {error}"
+            );
+        }
     }
 }
 
