@@ -40,7 +40,7 @@ use tokio::{
 
 use uuid::Uuid;
 
-use super::{DigestHasher, Doubt, Ending, Fingerprint, Journal, Keep, Key, Local, Marks, Outcome, weight};
+use super::{DigestHasher, Ending, Fingerprint, Journal, Keep, Key, Local, Outcome, Progress, Track, weight};
 use crate::pb::chime::v1::CreateUserRequest;
 
 /// Shards are used only when each holds at least this many entries (so small capacities stay
@@ -65,10 +65,16 @@ type Reply<V, E> = oneshot::Sender<Result<V, Arc<E>>>;
 /// The first call with a key, in flight.
 struct Running<V, E> {
     fingerprint: Fingerprint,
+    /// Which call this is, among all the shard's: a [`Progress`] names its own call only.
+    call: u64,
     /// The key was in doubt when the call began.
     marked: bool,
-    /// The call's [`Doubt`] was dropped with an attempt in flight.
-    dropped_in_flight: bool,
+    /// An attempt is in flight.
+    in_flight: bool,
+    /// An attempt came back with an outcome unknown, and no lookup has settled it since.
+    unknown: bool,
+    /// The key is open in the journal (written at the call's first attempt).
+    opened: bool,
     /// Calls with the same key and request, waiting for this one's answer.
     waiters: Vec<Reply<V, E>>,
 }
@@ -110,6 +116,8 @@ struct Shard<V, E> {
     /// Where a kept answer is written before it is copied into `bytes`: reused, so that keeping an
     /// answer allocates nothing.
     scratch: Vec<u8>,
+    /// The number of the next call to run.
+    calls: u64,
 }
 
 impl<V, E> Shard<V, E> {
@@ -123,6 +131,7 @@ impl<V, E> Shard<V, E> {
             first_byte: 0,
             weight: 0,
             scratch: Vec::new(),
+            calls: 0,
         }
     }
 
@@ -288,8 +297,8 @@ fn forget(records: &mut VecDeque<Record>, first: u64, stamp: u64) -> u32 {
 
 /// What a call finds under its key.
 enum Begin<V, E> {
-    /// Nothing running or kept: this call runs; `marked` if the key is in doubt.
-    Run { marked: bool },
+    /// Nothing running or kept: this call runs, as `call`; `marked` if the key is in doubt.
+    Run { marked: bool, call: u64 },
     /// The kept answer of an earlier call.
     Replay(V),
     /// The answer of the call in flight, when it comes.
@@ -353,21 +362,28 @@ impl<V: Keep, E> Shared<V, E> {
             marked = live;
             shard.unlink(&key);
         }
+        let call = shard.calls;
+        shard.calls += 1;
         shard.running.insert(
             key,
             Running {
                 fingerprint,
+                call,
                 marked,
-                dropped_in_flight: false,
+                in_flight: false,
+                unknown: false,
+                opened: false,
                 waiters: Vec::new(),
             },
         );
-        Begin::Run { marked }
+        Begin::Run { marked, call }
     }
 
     /// Ends the running call for `key`: keeps `answer`, or leaves the key in doubt if the call
-    /// (or one before it) left it so. Returns the calls that waited, and whether it is in doubt.
-    fn finish(&self, key: Key, answer: Option<&V>, in_doubt: bool) -> (Vec<Reply<V, E>>, bool) {
+    /// (or one before it) left it so; otherwise closes it in `journal`, before the shard's lock is
+    /// let go, so that no later call's open of the same key can come between. Returns the calls
+    /// that waited.
+    fn finish(&self, key: Key, answer: Option<&V>, journal: Option<&Journal>) -> Vec<Reply<V, E>> {
         let clock = self.clock();
         let mut shard = self.shard(&key);
         let mut stored = std::mem::take(&mut shard.scratch);
@@ -381,15 +397,27 @@ impl<V: Keep, E> Shared<V, E> {
             .running
             .remove(&key)
             .expect("only the running call ends its entry");
-        let doubted = in_doubt || running.marked || running.dropped_in_flight;
+        let doubted = answer.is_none() && (running.marked || running.in_flight || running.unknown);
         if answer.is_some() || doubted {
             let answer = answer.map(|_| &stored[..]);
             shard.settle(key, running.fingerprint, answer, clock, self.capacity);
         }
+        if !doubted
+            && let Some(journal) = journal
+            && let Err(e) = journal.closed(key)
+        {
+            tracing::warn!(error = %e, "cannot record a request id settled in --state-dir");
+        }
         if stored.capacity() <= SCRATCH_MAX {
             shard.scratch = stored;
         }
-        (running.waiters, doubted)
+        running.waiters
+    }
+
+    /// Changes the running entry of `key` with `change`, if it is still `call`'s.
+    fn running<T>(&self, (key, call): (Key, u64), change: impl FnOnce(&mut Running<V, E>) -> T) -> Option<T> {
+        let mut shard = self.shard(&key);
+        shard.running.get_mut(&key).filter(|r| r.call == call).map(change)
     }
 
     /// Leaves `key` in doubt (replacing a marker there, never a kept answer or another call's
@@ -399,7 +427,7 @@ impl<V: Keep, E> Shared<V, E> {
         let mut shard = self.shard(&key);
         if let Some(running) = shard.running.get_mut(&key) {
             if running.fingerprint == fingerprint {
-                running.dropped_in_flight = true;
+                running.marked = true;
             }
             return;
         }
@@ -413,9 +441,35 @@ impl<V: Keep, E> Shared<V, E> {
     }
 }
 
-impl<V: Keep + Send + 'static, E: Send + Sync + 'static> Marks for Shared<V, E> {
-    fn dropped_in_flight(&self, key: Key, fingerprint: Fingerprint) {
-        self.mark(key, fingerprint);
+impl<V: Keep + Send + 'static, E: Send + Sync + 'static> Track for Ledger<V, E> {
+    fn sent(&self, call: (Key, u64)) {
+        let key = call.0;
+        let first = self.shared.running(call, |running| {
+            running.in_flight = true;
+            (!std::mem::replace(&mut running.opened, true)).then_some(running.fingerprint)
+        });
+        if let (Some(Some(fingerprint)), Some(journal)) = (first, &self.journal)
+            && let Err(e) = journal.opened(key, fingerprint)
+        {
+            tracing::warn!(error = %e, "cannot record a request id in flight in --state-dir");
+        }
+    }
+
+    fn answered(&self, call: (Key, u64), unknown: bool) {
+        self.shared.running(call, |running| {
+            running.in_flight = false;
+            running.unknown |= unknown;
+        });
+    }
+
+    fn settled(&self, call: (Key, u64)) {
+        self.shared.running(call, |running| running.unknown = false);
+    }
+
+    fn unsettled(&self, call: (Key, u64)) -> bool {
+        self.shared
+            .running(call, |running| running.in_flight || running.unknown)
+            .unwrap_or(false)
     }
 }
 
@@ -438,69 +492,73 @@ impl<V: Keep, E> std::fmt::Debug for Ledger<V, E> {
 
 /// What a call with a request id finds as it begins.
 pub enum Entry<'a, V: Keep, E> {
-    /// No earlier call answers this one: it runs, with the [`Doubt`] its attempts report to,
-    /// and ends with [`Ticket::end`].
-    Run(Ticket<'a, V, E>, Doubt<'a>),
+    /// No earlier call answers this one: it runs, reports what it sends to
+    /// [`Ticket::progress`], and ends with [`Ticket::end`].
+    Run(Ticket<'a, V, E>),
     /// An earlier call answers it (kept, or waited for), its id was reused, or its deadline
     /// passed while it waited.
     Done(Outcome<V, E>),
 }
 
 /// The running entry of a call with a request id. Dropped before [`Ticket::end`] (the call
-/// cancelled), it ends the entry unanswered: the calls waiting for it see their channel close,
-/// and one of them runs instead. Drop the call's [`Doubt`] first, so that an attempt it left in
-/// flight is marked.
+/// cancelled, or drained at shutdown), it ends the entry unanswered: the calls waiting for it see
+/// their channel close, and one of them runs instead; the id stays in doubt if the call's
+/// [`Progress`] was unsettled, whatever was dropped first.
 pub struct Ticket<'a, V: Keep, E> {
     ledger: &'a Ledger<V, E>,
     key: Key,
+    /// Which call this is (see [`Running`]).
+    call: u64,
+    before: bool,
     ended: bool,
 }
 
 impl<V: Keep, E> Drop for Ticket<'_, V, E> {
     fn drop(&mut self) {
-        if self.ended {
-            return;
-        }
-        let (waiters, in_doubt) = self.ledger.shared.finish(self.key, None, false);
-        drop(waiters);
-        if !in_doubt {
-            self.ledger.close(self.key);
+        if !self.ended {
+            let ledger = self.ledger;
+            drop(ledger.shared.finish(self.key, None, ledger.journal.as_ref()));
         }
     }
 }
 
-impl<V: Keep, E> Ticket<'_, V, E> {
+impl<'a, V, E> Ticket<'a, V, E>
+where
+    V: Keep + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    /// Where the call notes what it sends and learns (see [`Progress`]).
+    pub fn progress(&self) -> Progress<'a> {
+        Progress {
+            call: Some((self.ledger as &dyn Track, (self.key, self.call))),
+            before: self.before,
+        }
+    }
+
     /// Ends the call with `ending`: keeps a final answer, leaves the key in doubt if the call
-    /// left it so, and answers the calls that waited.
+    /// (or one before it) left it so, and answers the calls that waited.
     pub fn end(mut self, ending: Ending<V, E>) -> Outcome<V, E> {
         self.ended = true;
         let (ledger, key) = (self.ledger, self.key);
-        match ending {
+        let journal = ledger.journal.as_ref();
+        let result = match ending {
             Ending::Final(value) => {
-                let (waiters, _) = ledger.shared.finish(key, Some(&value), false);
-                ledger.close(key);
-                for waiter in waiters {
+                for waiter in ledger.shared.finish(key, Some(&value), journal) {
                     let _ = waiter.send(Ok(value.clone()));
                 }
-                Outcome::Answer {
-                    result: Ok(value),
-                    replayed: false,
-                }
+                Ok(value)
             }
-            Ending::Passing { error, in_doubt } => {
-                let (waiters, in_doubt) = ledger.shared.finish(key, None, in_doubt);
-                if !in_doubt {
-                    ledger.close(key);
-                }
+            Ending::Transient(error) => {
                 let error = Arc::new(error);
-                for waiter in waiters {
+                for waiter in ledger.shared.finish(key, None, journal) {
                     let _ = waiter.send(Err(error.clone()));
                 }
-                Outcome::Answer {
-                    result: Err(error),
-                    replayed: false,
-                }
+                Err(error)
             }
+        };
+        Outcome::Answer {
+            result,
+            replayed: false,
         }
     }
 }
@@ -564,9 +622,9 @@ where
         retry: bool,
         deadline: Instant,
     ) -> Entry<'_, V, E> {
-        let marked = loop {
+        let (marked, call) = loop {
             let wait = match self.shared.begin(key, fingerprint) {
-                Begin::Run { marked } => break marked,
+                Begin::Run { marked, call } => break (marked, call),
                 Begin::Replay(value) => {
                     return Entry::Done(Outcome::Answer {
                         result: Ok(value),
@@ -588,19 +646,13 @@ where
                 Err(_) => return Entry::Done(Outcome::Waited),
             }
         };
-        let ticket = Ticket {
+        Entry::Run(Ticket {
             ledger: self,
             key,
-            ended: false,
-        };
-        let doubt = Doubt {
-            mark: Some((&self.shared, key, fingerprint)),
-            journal: self.journal.as_ref(),
-            in_flight: false,
-            opened: false,
+            call,
             before: marked || retry,
-        };
-        Entry::Run(ticket, doubt)
+            ended: false,
+        })
     }
 
     /// [`Ledger::enter`], then `call` if the call runs, then [`Ticket::end`]. (A caller whose own
@@ -615,13 +667,15 @@ where
         call: F,
     ) -> Outcome<V, E>
     where
-        F: FnOnce(Doubt<'a>) -> Fut,
+        F: FnOnce(Progress<'a>) -> Fut,
         Fut: Future<Output = Ending<V, E>>,
     {
         match self.enter(key, fingerprint, retry, deadline).await {
             Entry::Done(outcome) => outcome,
-            // Dropped mid-call, the call (and its `Doubt`) goes before the ticket.
-            Entry::Run(ticket, doubt) => ticket.end(call(doubt).await),
+            Entry::Run(ticket) => {
+                let progress = ticket.progress();
+                ticket.end(call(progress).await)
+            }
         }
     }
 
@@ -648,14 +702,6 @@ where
 }
 
 impl<V: Keep, E> Ledger<V, E> {
-    fn close(&self, key: Key) {
-        if let Some(journal) = &self.journal
-            && let Err(e) = journal.closed(key)
-        {
-            tracing::warn!(error = %e, "cannot record a request id settled in --state-dir");
-        }
-    }
-
     /// Settled entries alive now that `which` picks.
     fn count(&self, which: impl Fn(&Record) -> bool) -> u64 {
         let now = self.shared.now();
@@ -676,7 +722,7 @@ impl<V: Keep, E> Ledger<V, E> {
 
 #[cfg(test)]
 impl<V: Keep, E> Ledger<V, E> {
-    /// What a [`Doubt`] dropped with an attempt in flight does.
+    /// Leaves `key` in doubt, as a recovered journal does.
     pub(super) fn mark(&self, key: Key, fingerprint: Fingerprint) {
         self.shared.mark(key, fingerprint);
     }

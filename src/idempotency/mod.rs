@@ -249,14 +249,9 @@ pub trait Keep: Clone {
 pub enum Ending<V, E> {
     /// An answer no retry can change: kept, and every repeat gets it.
     Final(V),
-    /// An answer not to keep (a retry may change it); `in_doubt` when an attempt may have
-    /// created the user.
-    Passing {
-        /// The answer of this call (and of those that waited for it).
-        error: E,
-        /// An attempt's outcome is unknown.
-        in_doubt: bool,
-    },
+    /// An answer a retry may change: given to this call and those that waited for it, never
+    /// kept. Whether the id stays in doubt is what the call's [`Progress`] says.
+    Transient(E),
 }
 
 /// What a call with a request id came to.
@@ -275,42 +270,49 @@ pub enum Outcome<V, E> {
     Waited,
 }
 
-/// Where a call's [`Doubt`] leaves its marker if the call is dropped with an attempt in flight.
-trait Marks: Send + Sync {
-    /// `key` may have created a user no one heard of.
-    fn dropped_in_flight(&self, key: Key, fingerprint: Fingerprint);
+/// Where a call's [`Progress`] is kept: beside the call's running entry in the ledger, so that
+/// however the call ends (an answer, an error, a dropped future, the shutdown drain) the entry's
+/// end reads what the call knew.
+/// Each method names the call by its key and its number in the ledger, so that a `Progress`
+/// kept past its call's end changes nothing.
+trait Track: Send + Sync {
+    /// An attempt of the call is about to be sent.
+    fn sent(&self, call: (Key, u64));
+    /// The attempt in flight came back; `unknown` when its answer does not say whether it
+    /// created the user.
+    fn answered(&self, call: (Key, u64), unknown: bool);
+    /// A lookup settled whether the call's attempts created the user.
+    fn settled(&self, call: (Key, u64));
+    /// An attempt is in flight, or one came back with an unknown outcome not settled since.
+    fn unsettled(&self, call: (Key, u64)) -> bool;
 }
 
-/// The calls of this request id before this one, as this call needs to know them, and the
-/// marker this call leaves if it is dropped while an attempt is in flight.
-pub struct Doubt<'a> {
-    mark: Option<(&'a dyn Marks, Key, Fingerprint)>,
-    journal: Option<&'a Journal>,
-    in_flight: bool,
-    opened: bool,
-    /// An earlier call with this request id ended without knowing whether it created the user,
-    /// or the caller says this call is a retry.
-    pub before: bool,
+/// What one call knows of whether it created the user: nothing sent, an attempt in flight, an
+/// unknown outcome, or settled (docs/design.md §7). The knowledge lives in the ledger, not in the
+/// call's future: once an attempt is in flight or has come back unknown, the request id stays in
+/// doubt however the call ends, until a lookup ([`Progress::settled`]) or a final answer settles
+/// it. A call without a request id has a `Progress` that tracks nothing.
+#[derive(Clone, Copy)]
+pub struct Progress<'a> {
+    call: Option<(&'a dyn Track, (Key, u64))>,
+    before: bool,
 }
 
-impl std::fmt::Debug for Doubt<'_> {
+impl std::fmt::Debug for Progress<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Doubt")
-            .field("request_id", &self.mark.is_some())
-            .field("in_flight", &self.in_flight)
+        f.debug_struct("Progress")
+            .field("request_id", &self.call.is_some())
+            .field("unsettled", &self.unsettled())
             .field("before", &self.before)
             .finish()
     }
 }
 
-impl Doubt<'_> {
-    /// For a call without a request id: nothing before it, nothing to mark.
+impl Progress<'_> {
+    /// For a call without a request id: nothing before it, nothing to keep.
     pub fn none() -> Self {
         Self {
-            mark: None,
-            journal: None,
-            in_flight: false,
-            opened: false,
+            call: None,
             before: false,
         }
     }
@@ -318,37 +320,43 @@ impl Doubt<'_> {
     /// Whether the call has a request id, so that a retry of it can settle what this call leaves
     /// in doubt.
     pub fn has_request_id(&self) -> bool {
-        self.mark.is_some()
+        self.call.is_some()
     }
 
-    /// Notes that an attempt is about to be sent: if the call goes away before
-    /// [`Doubt::answered`], its request id is left in doubt.
-    pub fn sent(&mut self) {
-        self.in_flight = true;
-        if self.opened {
-            return;
-        }
-        self.opened = true;
-        if let (Some(journal), Some((_, key, fingerprint))) = (&self.journal, &self.mark)
-            && let Err(e) = journal.opened(*key, *fingerprint)
-        {
-            tracing::warn!(error = %e, "cannot record a request id in flight in --state-dir");
+    /// An earlier call with this request id ended without knowing whether it created the user,
+    /// or the caller says this call is a retry: a conflict may be the caller's own user.
+    pub fn before(&self) -> bool {
+        self.before
+    }
+
+    /// Notes that an attempt is about to be sent (with `--state-dir`, the id is in the journal
+    /// when this returns): from now until [`Progress::answered`], the call's end leaves its id in
+    /// doubt.
+    pub fn sent(&self) {
+        if let Some((track, call)) = self.call {
+            track.sent(call);
         }
     }
 
-    /// Notes that the attempt in flight came back (whatever it said).
-    pub fn answered(&mut self) {
-        self.in_flight = false;
-    }
-}
-
-impl Drop for Doubt<'_> {
-    fn drop(&mut self) {
-        if self.in_flight
-            && let Some((marks, key, fingerprint)) = &self.mark
-        {
-            marks.dropped_in_flight(*key, *fingerprint);
+    /// Notes that the attempt in flight came back; `unknown`: its answer does not say whether it
+    /// created the user, and the id stays in doubt until [`Progress::settled`].
+    pub fn answered(&self, unknown: bool) {
+        if let Some((track, call)) = self.call {
+            track.answered(call, unknown);
         }
+    }
+
+    /// Notes that a lookup found whether the user exists: the unknown outcomes before it are
+    /// settled.
+    pub fn settled(&self) {
+        if let Some((track, call)) = self.call {
+            track.settled(call);
+        }
+    }
+
+    /// Whether an attempt is in flight, or came back with an outcome no lookup has settled.
+    pub fn unsettled(&self) -> bool {
+        self.call.is_some_and(|(track, call)| track.unsettled(call))
     }
 }
 

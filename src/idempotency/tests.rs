@@ -56,7 +56,7 @@ async fn run(
     ending: Ending<Answer, &'static str>,
 ) -> Outcome<Answer, &'static str> {
     ledger
-        .run(key, fingerprint, false, far(), |_doubt| async {
+        .run(key, fingerprint, false, far(), |_progress| async {
             runs.fetch_add(1, Ordering::SeqCst);
             ending
         })
@@ -98,10 +98,7 @@ async fn another_id_or_another_account_is_another_call() {
 #[tokio::test]
 async fn a_passing_answer_is_not_kept_and_the_repeat_runs_again() {
     let (l, runs) = (ledger(), AtomicU32::new(0));
-    let passing = Ending::Passing {
-        error: "throttled",
-        in_doubt: false,
-    };
+    let passing = Ending::Transient("throttled");
     let first = run(&l, key(1), fp("a@x.io"), &runs, passing).await;
     assert_eq!(answer(&first), (Err("throttled"), false));
     let again = run(&l, key(1), fp("a@x.io"), &runs, final_answer("user")).await;
@@ -130,10 +127,7 @@ async fn concurrent_calls_with_one_id_run_once_and_share_even_a_passing_answer()
                     .run(key(1), fp("a@x.io"), false, far(), |_| async {
                         runs.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(100)).await;
-                        Ending::<Answer, _>::Passing {
-                            error: "unavailable",
-                            in_doubt: false,
-                        }
+                        Ending::<Answer, _>::Transient("unavailable")
                     })
                     .await;
                 answer(&outcome)
@@ -150,14 +144,15 @@ async fn concurrent_calls_with_one_id_run_once_and_share_even_a_passing_answer()
     assert_eq!(replayed, 7);
 }
 
-/// Runs a call that sends an attempt and ends with `ending`; whether it saw its id in doubt.
-async fn seen_before(l: &L, ending: Ending<Answer, &'static str>) -> bool {
+/// Runs a call that sends an attempt (whose outcome is `unknown` or not) and ends with `ending`;
+/// whether it saw its id in doubt.
+async fn seen_before(l: &L, unknown: bool, ending: Ending<Answer, &'static str>) -> bool {
     let seen = AtomicU32::new(0);
     let seen_by_call = &seen;
-    l.run(key(1), fp("a@x.io"), false, far(), move |mut doubt| async move {
-        seen_by_call.store(u32::from(doubt.before), Ordering::SeqCst);
-        doubt.sent();
-        doubt.answered();
+    l.run(key(1), fp("a@x.io"), false, far(), move |progress| async move {
+        seen_by_call.store(u32::from(progress.before()), Ordering::SeqCst);
+        progress.sent();
+        progress.answered(unknown);
         ending
     })
     .await;
@@ -167,23 +162,19 @@ async fn seen_before(l: &L, ending: Ending<Answer, &'static str>) -> bool {
 #[tokio::test]
 async fn an_unknown_outcome_leaves_the_id_in_doubt_until_an_answer_is_known() {
     let l = ledger();
-    let before = |ending| seen_before(&l, ending);
-    let unknown = || Ending::Passing {
-        error: "timeout",
-        in_doubt: true,
-    };
-    let provably_not_sent = || Ending::Passing {
-        error: "throttled",
-        in_doubt: false,
-    };
-    assert!(!before(provably_not_sent()).await);
-    assert!(!before(unknown()).await, "the first call knows of no earlier one");
-    assert!(before(provably_not_sent()).await);
+    let before = |unknown, ending| seen_before(&l, unknown, ending);
+    let passing = || Ending::Transient("throttled");
+    assert!(!before(false, passing()).await);
     assert!(
-        before(provably_not_sent()).await,
+        !before(true, Ending::Transient("timeout")).await,
+        "the first call knows of no earlier one"
+    );
+    assert!(before(false, passing()).await);
+    assert!(
+        before(false, passing()).await,
         "a call that learnt nothing keeps the doubt"
     );
-    assert!(before(final_answer("user")).await);
+    assert!(before(false, final_answer("user")).await);
     let next = run(&l, key(1), fp("a@x.io"), &AtomicU32::new(0), final_answer("x")).await;
     assert_eq!(answer(&next), (Ok(Answer("user".into())), true));
     assert!(!l.in_doubt(&key(1)), "a final answer settles the doubt");
@@ -192,8 +183,8 @@ async fn an_unknown_outcome_leaves_the_id_in_doubt_until_an_answer_is_known() {
 #[tokio::test]
 async fn a_call_cancelled_after_sending_leaves_its_id_in_doubt() {
     let l = ledger();
-    let call = l.run(key(1), fp("a@x.io"), false, far(), |mut doubt| async move {
-        doubt.sent();
+    let call = l.run(key(1), fp("a@x.io"), false, far(), |progress| async move {
+        progress.sent();
         std::future::pending::<Ending<Answer, &'static str>>().await
     });
     assert!(
@@ -399,10 +390,7 @@ async fn a_different_request_waiting_on_a_failing_call_is_reused() {
             let outcome = l
                 .run(key(1), fp("a@x.io"), false, far(), |_| async {
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    Ending::<Answer, &'static str>::Passing {
-                        error: "unavailable",
-                        in_doubt: false,
-                    }
+                    Ending::<Answer, &'static str>::Transient("unavailable")
                 })
                 .await;
             answer(&outcome)
@@ -443,13 +431,14 @@ async fn the_ledger_debugs_as_its_counts() {
     assert_eq!(text, "Ledger { answers: 2, in_doubt: 0 }");
 }
 
-/// Runs a call that sends an attempt and ends in doubt.
+/// Runs a call that sends an attempt, whose outcome is unknown, and ends.
 async fn in_doubt(l: &L, n: u128) {
-    let unknown = Ending::Passing {
-        error: "timeout",
-        in_doubt: true,
-    };
-    run(l, key(n), fp("a@x.io"), &AtomicU32::new(0), unknown).await;
+    l.run(key(n), fp("a@x.io"), false, far(), |progress| async move {
+        progress.sent();
+        progress.answered(true);
+        Ending::Transient("timeout")
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -507,7 +496,7 @@ async fn doubt_and_answers_expire_after_the_ttl() {
     assert!(!l.in_doubt(&key(1)));
     assert_eq!(l.kept(), 0);
     assert!(
-        !seen_before(&l, final_answer("x")).await,
+        !seen_before(&l, false, final_answer("x")).await,
         "expired doubt is no doubt"
     );
     // Writing lets out what expired.
@@ -587,7 +576,7 @@ async fn a_ledger_without_capacity_answers_every_call_and_keeps_nothing() {
     assert!(!l.in_doubt(&key(2)) && !l.in_doubt(&key(3)));
     assert_eq!((l.kept(), l.weight(), l.shape().1), (0, 0, 0));
     let outcome = l
-        .run(key(4), fp("a@x.io"), false, far(), |_doubt| async {
+        .run(key(4), fp("a@x.io"), false, far(), |_progress| async {
             l.mark(key(4), fp("a@x.io"));
             final_answer("user")
         })
@@ -632,8 +621,8 @@ async fn a_waiter_runs_the_call_itself_when_the_first_is_dropped_unanswered() {
         let l = l.clone();
         tokio::spawn(async move {
             let outcome = l
-                .run(key(1), fp("a@x.io"), false, far(), |doubt| async move {
-                    assert!(!doubt.before, "nothing was sent");
+                .run(key(1), fp("a@x.io"), false, far(), |progress| async move {
+                    assert!(!progress.before(), "nothing was sent");
                     Ending::Final(Answer("mine".into()))
                 })
                 .await;
@@ -679,9 +668,9 @@ async fn a_call_dropped_with_nothing_in_flight_leaves_no_doubt_here_or_in_the_jo
         let (journal, recovered) = Journal::open(&dir, ttl, 100).unwrap();
         let mut l = ledger();
         l.attach_journal(journal, &recovered.in_doubt);
-        let call = l.run(key(1), fp("a@x.io"), false, far(), |mut doubt| async move {
-            doubt.sent();
-            doubt.answered();
+        let call = l.run(key(1), fp("a@x.io"), false, far(), |progress| async move {
+            progress.sent();
+            progress.answered(false);
             std::future::pending::<Ending<Answer, &'static str>>().await
         });
         assert!(
@@ -690,8 +679,8 @@ async fn a_call_dropped_with_nothing_in_flight_leaves_no_doubt_here_or_in_the_jo
                 .is_err()
         );
         assert!(!l.in_doubt(&key(1)));
-        let cut = l.run(key(2), fp("a@x.io"), false, far(), |mut doubt| async move {
-            doubt.sent();
+        let cut = l.run(key(2), fp("a@x.io"), false, far(), |progress| async move {
+            progress.sent();
             std::future::pending::<Ending<Answer, &'static str>>().await
         });
         assert!(
@@ -766,10 +755,7 @@ async fn a_repeat_of_an_expired_answer_takes_its_weight_off_as_it_starts() {
     let outcome = l
         .run(key(1), fp("a@x.io"), false, far(), |_| async {
             assert_eq!(l.weight(), 0, "gone while the repeat runs");
-            Ending::<Answer, &'static str>::Passing {
-                error: "throttled",
-                in_doubt: false,
-            }
+            Ending::<Answer, &'static str>::Transient("throttled")
         })
         .await;
     assert!(matches!(outcome, Outcome::Answer { .. }));
@@ -807,10 +793,10 @@ async fn doubt_recorded_twice_is_weighed_once() {
 }
 
 #[test]
-fn a_doubt_debugs_as_what_it_knows() {
+fn a_progress_debugs_as_what_it_knows() {
     assert_eq!(
-        format!("{:?}", Doubt::none()),
-        "Doubt { request_id: false, in_flight: false, before: false }"
+        format!("{:?}", Progress::none()),
+        "Progress { request_id: false, unsettled: false, before: false }"
     );
 }
 
@@ -835,10 +821,7 @@ async fn a_mark_lands_on_its_own_run_or_in_doubt_and_never_on_a_kept_answer() {
         let outcome = l
             .run(key(3), fp("a@x.io"), false, far(), |_| async {
                 l.mark(key(3), fp(marker));
-                Ending::<Answer, &'static str>::Passing {
-                    error: "throttled",
-                    in_doubt: false,
-                }
+                Ending::<Answer, &'static str>::Transient("throttled")
             })
             .await;
         assert!(matches!(outcome, Outcome::Answer { .. }));

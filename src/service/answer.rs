@@ -6,12 +6,12 @@ use crate::{
     chime::{Created, Found},
     codec::Reply,
     error::{self, CallError, ErrorResponse, UpstreamError},
-    idempotency::{Ending, Keep},
+    idempotency::{Ending, Keep, Progress},
     pb::chime::v1::CreateUserResponse,
     translate,
 };
 
-use super::{Attempted, Failed};
+use super::Failed;
 
 /// A user to answer with.
 #[derive(Debug, Clone)]
@@ -170,9 +170,11 @@ impl Refused {
     }
 }
 
-/// What a request id keeps of a call: its user, or a refusal no retry can change.
-pub(super) fn ending(attempted: Attempted) -> Ending<Kept, CallError> {
-    match attempted.result {
+/// What a request id keeps of a call: its user, or a refusal no retry can change and that is the
+/// caller's own outcome. Nothing is kept while an attempt's outcome is unsettled, nor a conflict
+/// while the id was in doubt before the call: it may be the caller's own user.
+pub(super) fn ending(result: Result<Success, CallError>, progress: Progress<'_>) -> Ending<Kept, CallError> {
+    match result {
         // Encoded once: kept as these bytes, and sent as them.
         Ok(success) => Ending::Final(Ok(success.encoded())),
         Err(CallError::Upstream {
@@ -180,10 +182,12 @@ pub(super) fn ending(attempted: Attempted) -> Ending<Kept, CallError> {
             attempts,
             reconciliation: None,
             budget_exhausted: false,
-        }) if error::is_final(response.status) => Ending::Final(Err(Refused { response, attempts })),
-        Err(error) => Ending::Passing {
-            error,
-            in_doubt: attempted.in_doubt,
-        },
+        }) if error::is_final(response.status)
+            && !progress.unsettled()
+            && !(response.status == 409 && progress.before()) =>
+        {
+            Ending::Final(Err(Refused { response, attempts }))
+        }
+        Err(error) => Ending::Transient(error),
     }
 }

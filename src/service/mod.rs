@@ -29,7 +29,7 @@ use crate::{
     chime::{Found, Upstream},
     codec::Reply,
     error::{self, CallError, REQUEST_ID_KEY, Reconciliation, UpstreamError},
-    idempotency::{Doubt, Entry, Journal, Ledger, Outcome, Recovered},
+    idempotency::{Entry, Journal, Ledger, Outcome, Progress, Recovered},
     metrics::{Metrics, WaitingGuard},
     pb::{
         chime::v1::{CreateUserRequest, CreateUserResponse, chime_service_server::ChimeService},
@@ -86,12 +86,6 @@ struct Answered {
     attempts: u32,
     /// The answer is an earlier (or concurrent) call's, for the same request id.
     replayed: bool,
-}
-
-/// The attempts of one call, and whether any may have created the user unseen.
-struct Attempted {
-    result: Result<Success, CallError>,
-    in_doubt: bool,
 }
 
 /// What a lookup after an unknown outcome found.
@@ -234,19 +228,20 @@ impl<U: Upstream> ChimeGateway<U> {
         };
         let attempts = AtomicU32::new(0);
         let Some(id) = id else {
-            let attempted = self
-                .attempt_all(request, deadline, Doubt::none(), &attempts)
+            let result = self
+                .attempt_all(request, deadline, Progress::none(), &attempts)
                 .await;
-            return answer(attempted.result, attempts.into_inner());
+            return answer(result, attempts.into_inner());
         };
         let (key, fingerprint) = self.ledger.identify(&request, id);
         // The call's future is awaited here, beside its ticket, not moved into the ledger's.
+        // However it ends, dropped included, the ticket's end reads what the call's progress says.
         let outcome = match self.ledger.enter(key, fingerprint, retry, deadline).await {
             Entry::Done(outcome) => outcome,
-            Entry::Run(ticket, doubt) => {
-                // Dropped mid-call, the call (and its `Doubt`) goes before the ticket.
-                let attempted = self.attempt_all(request, deadline, doubt, &attempts).await;
-                ticket.end(ending(attempted))
+            Entry::Run(ticket) => {
+                let progress = ticket.progress();
+                let result = self.attempt_all(request, deadline, progress, &attempts).await;
+                ticket.end(ending(result, progress))
             }
         };
         let attempts = attempts.into_inner();
@@ -266,13 +261,15 @@ impl<U: Upstream> ChimeGateway<U> {
         &self,
         request: CreateUserRequest,
         deadline: Instant,
-        mut doubt: Doubt<'_>,
+        progress: Progress<'_>,
         attempts: &AtomicU32,
-    ) -> Attempted {
+    ) -> Result<Success, CallError> {
         let email = request.email.clone().filter(|_| self.policy.reconcile);
         let account_id = request.account_id.clone();
         let input = translate::to_input(request);
-        let (mut waiting, mut sending, mut in_doubt) = (false, false, false);
+        // `in_doubt`: an attempt of this call may have created the user (a lookup that found
+        // nothing since does not clear it here: a later 409 is still looked up).
+        let (mut waiting, mut in_doubt) = (false, false);
         // The failure a lookup is settling: still the answer if the deadline cuts the lookup.
         let mut unsettled = None;
         let attempt_loop = async {
@@ -306,14 +303,12 @@ impl<U: Upstream> ChimeGateway<U> {
                     });
                 }
                 let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
-                doubt.sent();
-                sending = true;
+                progress.sent();
                 let attempt = self.attempt(input.clone(), n).await;
-                doubt.answered();
-                sending = false;
                 let retry = retrying.take().map(|(_, withdrawal)| withdrawal);
                 let error = match attempt {
                     Ok(created) => {
+                        progress.answered(false);
                         self.succeeded(retry);
                         return Ok(Success::created(created));
                     }
@@ -321,24 +316,31 @@ impl<U: Upstream> ChimeGateway<U> {
                 };
                 let unknown = error::outcome_unknown(&error);
                 // A 2xx whose body could not be read created the user, unseen.
-                in_doubt |= unknown || matches!(error, UpstreamError::Unparseable { .. });
+                let created_unseen = unknown || matches!(error, UpstreamError::Unparseable { .. });
+                progress.answered(created_unseen);
+                in_doubt |= created_unseen;
                 let conflict = error.http_status() == Some(409);
                 let (failed, again) = if let Some(email) = email.as_deref()
-                    && (unknown || (conflict && (in_doubt || doubt.before)))
+                    && (unknown || (conflict && (in_doubt || progress.before())))
                 {
                     unsettled = Some(error);
                     // A 409 for an id an earlier call left in doubt (its lookup deferred, say):
                     // the lookup is this call's only way to its own user, so it is owed, not
                     // drawn on the budget. A 409 ends the attempts: at most one per call.
-                    let owed = conflict && doubt.before;
+                    let owed = conflict && progress.before();
                     let lookup = self.look_up(&account_id, email, deadline, owed).await;
                     let error = unsettled.take().expect("set above");
                     let reconciliation = match lookup {
                         Lookup::Found(found) => return Ok(Success::reconciled(*found)),
-                        Lookup::Missing(missing) => missing,
+                        Lookup::Missing(missing) => {
+                            if missing == Reconciliation::NotFound {
+                                progress.settled();
+                            }
+                            missing
+                        }
                         Lookup::Refused { budget_exhausted } => {
                             // Deferred: the in-doubt marker stays for the caller's retry.
-                            let later = if doubt.has_request_id() {
+                            let later = if progress.has_request_id() {
                                 Reconciliation::Deferred
                             } else {
                                 Reconciliation::Skipped
@@ -368,9 +370,10 @@ impl<U: Upstream> ChimeGateway<U> {
                 retrying = Some((failed, withdrawal));
             }
         };
+        // Cut by the deadline with an attempt in flight, the call's progress still says so.
         let result = timeout_at(deadline, attempt_loop).await;
         let attempts = attempts.load(Ordering::Relaxed);
-        let result = result.unwrap_or_else(|_| {
+        result.unwrap_or_else(|_| {
             Err(if waiting {
                 CallError::UpstreamBusy { attempts }
             } else if let Some(error) = unsettled {
@@ -379,12 +382,7 @@ impl<U: Upstream> ChimeGateway<U> {
             } else {
                 CallError::DeadlineExceeded { attempts }
             })
-        });
-        Attempted {
-            result,
-            // The deadline cut an attempt short: it may have created the user.
-            in_doubt: in_doubt || sending,
-        }
+        })
     }
 
     async fn create_user_in(
