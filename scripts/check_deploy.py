@@ -164,7 +164,9 @@ def iam():
 
 
 def ghz():
-    for path in sorted((ROOT / "bench" / "ghz").glob("*.json")):
+    configs = sorted((ROOT / "benches" / "ghz").glob("*.json"))
+    check(bool(configs), "benches/ghz/ holds the ghz configs")
+    for path in configs:
         cfg = json.loads(path.read_text())
         check(cfg.get("call") == "chime.v1.ChimeService.CreateUser", f"{path.name} calls CreateUser")
         check("proto" not in cfg and "protoset" not in cfg, f"{path.name} uses server reflection")
