@@ -14,7 +14,7 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/chime-gateway /usr/local/bin/chime-gateway
 COPY --from=build /src/target/release/chime-emulator /usr/local/bin/chime-emulator
 USER 65532:65532
-# SPEC defaults (loopback: only containers of the same pod reach it); override with
+# The documented defaults (loopback: only containers of the same pod reach it); override with
 # CHIME_GATEWAY_LISTEN / CHIME_GATEWAY_METRICS_LISTEN, e.g. 0.0.0.0:50051 for kubelet gRPC probes.
 EXPOSE 50051 9464
 ENTRYPOINT ["/usr/local/bin/chime-gateway"]

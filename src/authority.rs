@@ -2,7 +2,7 @@
 //! that many gRPC clients send over a Unix socket (grpcio >= 1.57, grpc-java, grpcurl,
 //! grpc-swift: the socket's path, raw or percent-encoded), which h2 refuses as malformed
 //! (PROTOCOL_ERROR on the stream). The gateway routes nothing by authority, so such a value is
-//! treated as absent (SPEC section 1).
+//! treated as absent (docs/design.md §1).
 //!
 //! The first header block of a connection decides. If its `:authority` is one h2 takes (or there
 //! is none), every byte of the connection passes through as it came. If not, every header block

@@ -1,4 +1,4 @@
-//! Turns every failure of a call into a `tonic::Status` (SPEC section 3): one table, one place.
+//! Turns every failure of a call into a `tonic::Status` (docs/design.md §3): one table, one place.
 //!
 //! [`UpstreamError`] says what was observed on the wire; [`CallError`] is the outcome of a whole
 //! call. [`rule`] is the contract's table as one exhaustive match, and [`CallError::to_status`]
@@ -87,7 +87,7 @@ impl UpstreamError {
     }
 }
 
-/// True when an attempt that failed so may still have created the user (SPEC section 7): the
+/// True when an attempt that failed so may still have created the user (docs/design.md §7): the
 /// failures that reconciliation settles by looking the user up.
 pub fn outcome_unknown(error: &UpstreamError) -> bool {
     match error {
@@ -100,8 +100,8 @@ pub fn outcome_unknown(error: &UpstreamError) -> bool {
     }
 }
 
-/// True for the upstream answers that no retry can change, which a request id keeps (SPEC
-/// section 7): 400, 401, 403, 404, 409, 412, 422.
+/// True for the upstream answers that no retry can change, which a request id keeps (docs/design.md
+/// §7): 400, 401, 403, 404, 409, 412, 422.
 pub fn is_final(status: u16) -> bool {
     matches!(status, 400 | 401 | 403 | 404 | 409 | 412 | 422)
 }
@@ -158,7 +158,7 @@ const fn row(code: Code, retry_info: bool, retryable: bool) -> Rule {
     }
 }
 
-/// The contract's table (SPEC section 3) for an upstream failure.
+/// The contract's table (docs/design.md §3) for an upstream failure.
 pub fn rule(error: &UpstreamError) -> Rule {
     match error {
         UpstreamError::Response(r) => match r.status {

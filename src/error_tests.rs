@@ -1,4 +1,4 @@
-//! One test per row of the contract's error table (SPEC section 3), pure: no I/O.
+//! One test per row of the contract's error table (docs/design.md §3), pure: no I/O.
 
 use std::time::Duration;
 

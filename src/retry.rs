@@ -1,4 +1,4 @@
-//! What a gateway process may add to the upstream's load (SPEC section 8): the answer to "may
+//! What a gateway process may add to the upstream's load (docs/design.md §8): the answer to "may
 //! another request go upstream now, and when".
 //!
 //! - [`Backoff`]: the wait between a call's attempts.
@@ -59,7 +59,7 @@ impl Backoff {
     }
 }
 
-/// The retry budget's knobs; the defaults hold SPEC section 8's goals (BENCHMARKS.md, "Under
+/// The retry budget's knobs; the defaults hold docs/design.md §8's goals (BENCHMARKS.md, "Under
 /// faults").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetConfig {

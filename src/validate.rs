@@ -1,4 +1,4 @@
-//! Checks a `CreateUserRequest` against the Chime model before any upstream call (SPEC section 2).
+//! Checks a `CreateUserRequest` against the Chime model before any upstream call (docs/design.md §2).
 //!
 //! Patterns are the model's own, searched unanchored as Smithy does. Owns no I/O and never logs:
 //! the email is sensitive.

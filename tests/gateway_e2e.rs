@@ -1,5 +1,5 @@
 //! End to end over loopback: a tonic client -> the gateway -> the emulator, through the real SDK,
-//! SigV4 and all. One test per behaviour of SPEC sections 1 to 3.
+//! SigV4 and all. One test per behaviour of docs/design.md §1 to §3.
 
 mod common;
 
@@ -174,7 +174,7 @@ async fn an_unknown_user_type_is_rejected_before_any_upstream_call() {
 /// The status for one call after `fault` was scripted `times` times, and the attempts made.
 ///
 /// The request has no email, so the gateway never looks a user up: these are the rules of
-/// SPEC section 3 alone (tests/reconciliation.rs has what section 7 adds).
+/// docs/design.md §3 alone (tests/reconciliation.rs has what §7 adds).
 async fn status_after(fault: Fault, times: u32) -> (tonic::Status, usize) {
     let (emu, gw) = stack().await;
     emu.inject(fault, times);

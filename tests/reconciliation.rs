@@ -1,4 +1,4 @@
-//! End to end over loopback, SPEC section 7: request ids and the reconciliation of unknown
+//! End to end over loopback, docs/design.md §7: request ids and the reconciliation of unknown
 //! outcomes, against the emulator's faults that lose an answer after storing the user.
 
 mod common;

@@ -1,5 +1,5 @@
 //! A gateway killed mid-call (SIGKILL, as an OOM kill or a crashed sidecar) after Chime stored the
-//! user, and the caller's retry with the same request id reaching a new process (SPEC section 7):
+//! user, and the caller's retry with the same request id reaching a new process (docs/design.md §7):
 //! with `--state-dir` a plain retry ends OK with the user (looked up), without it a declared
 //! retry does, and an undeclared one meets ALREADY_EXISTS for its own user (the failure
 //! `--state-dir` and declared retries exist to prevent).

@@ -127,7 +127,7 @@ impl Case {
         match self {
             Case::Create => code == Ok || code == AlreadyExists || faults.contains(&code),
             // OK too: an attempt whose outcome is unknown is settled by a lookup, which finds the
-            // user that already had the email (SPEC section 7: found means OK, reconciled).
+            // user that already had the email (docs/design.md §7: found means OK, reconciled).
             Case::Duplicate => code == AlreadyExists || code == Ok || faults.contains(&code),
             Case::Cancel => {
                 code == Cancelled || code == Ok || code == AlreadyExists || faults.contains(&code)

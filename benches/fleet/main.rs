@@ -1,5 +1,5 @@
 //! `cargo bench --bench fleet`: what a fleet of gateways adds to one Chime account's load under
-//! faults (SPEC section 8), measured where Chime would count it: at the emulator, one process,
+//! faults (docs/design.md §8), measured where Chime would count it: at the emulator, one process,
 //! with each gateway in its own process and calls offered at a fixed rate across the fleet.
 //!
 //! Scenarios (`RATE` calls/s in all, each call with a new request id and email, a 5 s deadline):
@@ -72,7 +72,7 @@ impl Scenario {
         ))
     }
 
-    /// The goal SPEC section 8 sets, and whether the row meets it.
+    /// The goal docs/design.md §8 sets, and whether the row meets it.
     fn goal(self, row: &Row) -> (&'static str, bool) {
         match self {
             Scenario::Outage503 => ("<= 1.1 creates/call", row.creates_per_call() <= 1.1),

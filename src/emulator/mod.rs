@@ -1,4 +1,4 @@
-//! A faithful Chime-compatible HTTP endpoint for `CreateUser` and `ListUsers` (SPEC section 5).
+//! A faithful Chime-compatible HTTP endpoint for `CreateUser` and `ListUsers` (docs/design.md §5).
 //!
 //! Three faces share this module: `chime-gateway --emulate` runs it in-process on a loopback port,
 //! the `chime-emulator` binary serves it for other teams' tests, and this crate's tests drive it

@@ -1,4 +1,4 @@
-//! What the retry budget and the send rate change in a call (SPEC section 8): counts of what
+//! What the retry budget and the send rate change in a call (docs/design.md §8): counts of what
 //! reaches the upstream, not times.
 
 use super::*;

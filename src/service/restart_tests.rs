@@ -1,4 +1,4 @@
-//! Request ids across a restart (SPEC section 7): the journal of `--state-dir`, and retries the
+//! Request ids across a restart (docs/design.md §7): the journal of `--state-dir`, and retries the
 //! caller declares.
 
 use super::*;

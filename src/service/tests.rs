@@ -1,5 +1,5 @@
 //! The call policy with a scripted in-memory upstream: no sockets. Retries, reconciliation of
-//! unknown outcomes and request ids, rule by rule (SPEC sections 3 and 7).
+//! unknown outcomes and request ids, rule by rule (docs/design.md §3 and §7).
 
 use std::{
     collections::VecDeque,
