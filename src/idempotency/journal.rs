@@ -1,6 +1,6 @@
 //! What of the ledger survives a restart (`--state-dir`): which request ids may have created a
 //! user without the caller hearing of it, so that a restarted gateway still looks up their
-//! retries' 409s (SPEC section 7).
+//! retries' 409s (docs/design.md §7).
 //!
 //! One file of fixed-size records, `in-doubt.journal`: `open` (an attempt is about to be sent for
 //! this key) and `close` (the key's calls ended knowing their outcome). A key whose last record is

@@ -1,5 +1,5 @@
 //! Request ids (AIP-155): what the gateway remembers of each `(account_id, request_id)`, so that a
-//! caller's retries end with one user and one answer (SPEC section 7).
+//! caller's retries end with one user and one answer (docs/design.md §7).
 //!
 //! One bounded, expiring map (`ledger`), keyed by a 128-bit hash of the account and the id, holds
 //! one entry per key:
