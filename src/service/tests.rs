@@ -732,3 +732,6 @@ mod protection;
 
 #[path = "restart_tests.rs"]
 mod restart;
+
+#[path = "cancel_tests.rs"]
+mod cancel;
