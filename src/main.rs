@@ -219,12 +219,12 @@ fn log_recovered(r: &Recovered) {
             "--state-dir: hash.key could not be read, so the request ids in doubt hashed under it are lost; a new one was drawn"
         );
     }
-    if r.damaged_bytes > 0 {
+    if r.damaged > 0 {
         tracing::warn!(
             in_doubt,
             records = r.records,
-            damaged_bytes = r.damaged_bytes,
-            "--state-dir: the request-id journal was read up to damage (a write cut short?); the rest is lost"
+            damaged = r.damaged,
+            "--state-dir: damaged records of the request-id journal were skipped (a write cut short?); the rest were read"
         );
     } else {
         tracing::info!(

@@ -280,6 +280,33 @@ async fn an_unusable_state_dir_exits_64_naming_it_before_binding() {
 }
 
 #[tokio::test]
+async fn a_second_gateway_on_a_state_dir_in_use_exits_64_naming_it() {
+    let dir = std::env::temp_dir().join(format!("chime-state-{}", uuid::Uuid::new_v4()));
+    let state_dir = dir.to_str().unwrap();
+    let (first, _) = start_emulated(&["--state-dir", state_dir], &[]).await;
+    let out = command(GATEWAY)
+        .args(["--emulate", "--state-dir", state_dir, "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "chime-gateway: --state-dir {state_dir}: another gateway"
+        )),
+        "{stderr}"
+    );
+    // The first one serves on, and once it is gone the directory is free again.
+    stderr_after_sigterm(first).await;
+    let (again, _) = start_emulated(&["--state-dir", state_dir], &[]).await;
+    stderr_after_sigterm(again).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn a_state_dir_whose_secret_is_damaged_starts_and_says_what_was_lost() {
     use chime_gateway::idempotency::{Fingerprint, Journal, Key, journal::KEY_FILE_NAME};
     let dir = std::env::temp_dir().join(format!("chime-state-{}", uuid::Uuid::new_v4()));

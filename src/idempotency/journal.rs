@@ -42,6 +42,9 @@ use super::{DigestHasher, Fingerprint, Key, Local};
 
 /// The file's name inside `--state-dir`.
 pub const FILE_NAME: &str = "in-doubt.journal";
+/// The file a gateway holds an exclusive lock on while it uses `--state-dir`: one gateway per
+/// directory, since two would rewrite and map the same journal under each other.
+pub const LOCK_FILE_NAME: &str = "gateway.lock";
 /// The name of the secret that keys and fingerprints are hashed under, inside `--state-dir`.
 pub const KEY_FILE_NAME: &str = "hash.key";
 /// Bytes of that secret.
@@ -132,9 +135,9 @@ pub struct Recovered {
     pub in_doubt: Vec<(Key, Fingerprint)>,
     /// Whole records read.
     pub records: u64,
-    /// Bytes after the last whole, sound record (a torn write or damage), not read; zeros at the
-    /// end (room never used) do not count.
-    pub damaged_bytes: u64,
+    /// Records skipped because they were torn or damaged (the records after them are read);
+    /// zeros (room never used) do not count.
+    pub damaged: u64,
     /// Keys dropped because they were older than the TTL.
     pub expired: u64,
     /// Keys in doubt let go because `hash.key` could not be read: they were hashed under a secret
@@ -157,6 +160,8 @@ struct Inner {
 /// The journal of one gateway process.
 #[derive(Debug)]
 pub struct Journal {
+    /// Holds the directory's lock ([`LOCK_FILE_NAME`]) for as long as the journal lives.
+    _lock: File,
     path: PathBuf,
     /// The directory's secret; `None` for a journal of digests (an earlier version's).
     secret: Option<[u8; SECRET_LEN]>,
@@ -168,8 +173,10 @@ pub struct Journal {
 impl Journal {
     /// Opens (or creates) the journal in `dir`, keeping the keys opened within `ttl` and at most
     /// `capacity` of them (the newest).
+    /// Fails if another gateway holds the directory, or if its files cannot be read or written.
     pub fn open(dir: &Path, ttl: Duration, capacity: usize) -> io::Result<(Self, Recovered)> {
         fs::create_dir_all(dir)?;
+        let lock = lock(dir)?;
         let path = dir.join(FILE_NAME);
         let (live, mut recovered) = read(&path, ttl)?;
         let mut live: Vec<_> = live.into_iter().collect();
@@ -177,7 +184,7 @@ impl Journal {
         let excess = live.len().saturating_sub(capacity);
         recovered.expired += excess as u64;
         let mut live: Live = live.into_iter().skip(excess).collect();
-        let secret = match read_secret(&dir.join(KEY_FILE_NAME)) {
+        let secret = match read_secret(&dir.join(KEY_FILE_NAME))? {
             Secret::Kept(secret) => Some(secret),
             // An earlier version's journal: its keys are digests, and stay so while some are live.
             Secret::Missing if !live.is_empty() => None,
@@ -194,6 +201,7 @@ impl Journal {
         recovered.in_doubt = in_doubt.into_iter().map(|(_, k, f)| (k, f)).collect();
         let records = live.len() as u64;
         let journal = Self {
+            _lock: lock,
             path,
             secret,
             ttl,
@@ -292,20 +300,44 @@ impl Journal {
     }
 }
 
+/// Takes the exclusive lock of `dir` ([`LOCK_FILE_NAME`]), without waiting: another process
+/// holding it is an error that says so. The kernel lets go of it when the process ends, however.
+fn lock(dir: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(LOCK_FILE_NAME))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("another gateway is using this directory ({LOCK_FILE_NAME} is locked)"),
+        )),
+        Err(e) => Err(io::Error::new(
+            io::Error::from(e).kind(),
+            format!("{LOCK_FILE_NAME}: {e}"),
+        )),
+    }
+}
+
 /// What `hash.key` held.
 #[derive(Debug, PartialEq, Eq)]
 enum Secret {
     Kept([u8; SECRET_LEN]),
     Missing,
-    /// There, but not a secret: too short or too long, or not a file that can be read.
+    /// There, but not a secret: too short or too long, or not a plain file.
     Unreadable,
 }
 
-fn read_secret(path: &Path) -> Secret {
+/// Reads `hash.key`. A file that is there but cannot be read (no permission, an I/O error) is an
+/// error, never taken for a missing one: drawing a new secret would let go of every id in doubt.
+fn read_secret(path: &Path) -> io::Result<Secret> {
     match fs::read(path) {
-        Ok(bytes) => bytes.try_into().map_or(Secret::Unreadable, Secret::Kept),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Secret::Missing,
-        Err(_) => Secret::Unreadable,
+        Ok(bytes) => Ok(bytes.try_into().map_or(Secret::Unreadable, Secret::Kept)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Secret::Missing),
+        Err(e) if e.kind() == io::ErrorKind::IsADirectory => Ok(Secret::Unreadable),
+        Err(e) => Err(io::Error::new(e.kind(), format!("{KEY_FILE_NAME}: {e}"))),
     }
 }
 
@@ -330,7 +362,7 @@ fn put_secret(dir: &Path) -> io::Result<[u8; SECRET_LEN]> {
     Ok(secret)
 }
 
-/// Reads the records up to the first damaged or torn one: the keys left open within `ttl`.
+/// Reads the records, skipping those torn or damaged: the keys left open within `ttl`.
 fn read(path: &Path, ttl: Duration) -> io::Result<(Live, Recovered)> {
     let mut recovered = Recovered::default();
     let mut live = Live::default();
@@ -342,12 +374,16 @@ fn read(path: &Path, ttl: Duration) -> io::Result<(Live, Recovered)> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((live, recovered)),
         Err(e) => return Err(e),
     }
-    let mut sound = 0;
-    for chunk in bytes.chunks_exact(RECORD_LEN) {
-        let Some(record) = Record::decode(chunk.try_into().expect("exact chunks")) else {
-            break;
+    for chunk in bytes.chunks(RECORD_LEN) {
+        // Zeros are room never used; a record with anything in it counts whole (its own last
+        // bytes may be zeros), and so does a piece of one cut short at the end of the file.
+        if chunk.iter().all(|b| *b == 0) {
+            continue;
+        }
+        let Some(record) = chunk.try_into().ok().and_then(Record::decode) else {
+            recovered.damaged += 1;
+            continue;
         };
-        sound += RECORD_LEN;
         recovered.records += 1;
         if record.open {
             live.insert(record.key, (record.fingerprint, record.at_ms));
@@ -355,13 +391,6 @@ fn read(path: &Path, ttl: Duration) -> io::Result<(Live, Recovered)> {
             live.remove(&record.key);
         }
     }
-    // Zeros after the last record are room never used, not damage; a record with anything in it
-    // counts whole (its own last bytes may be zeros).
-    let end = bytes
-        .iter()
-        .rposition(|b| *b != 0)
-        .map_or(0, |last| (last + 1).next_multiple_of(RECORD_LEN).min(bytes.len()));
-    recovered.damaged_bytes = end.saturating_sub(sound) as u64;
     let horizon = now_ms().saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
     let before = live.len();
     live.retain(|_, (_, at)| *at >= horizon);

@@ -25,6 +25,12 @@ fn two_left_open() -> tempdir::Dir {
     d
 }
 
+/// Ends `journal` as a killed process does: nothing of it runs, and the kernel lets go of its lock.
+fn kill(journal: Journal) {
+    rustix::fs::flock(&journal._lock, rustix::fs::FlockOperation::Unlock).unwrap();
+    std::mem::forget(journal);
+}
+
 /// A fresh directory under the system's temporary one, removed on drop.
 mod tempdir {
     pub struct Dir(pub std::path::PathBuf);
@@ -63,7 +69,7 @@ fn keys_left_open_are_in_doubt_after_a_restart_and_closed_ones_are_not() {
     in_doubt.sort_by_key(|(_, f)| f.0);
     assert_eq!(in_doubt, vec![(key(1), fp(1)), (key(3), fp(3))]);
     assert_eq!(recovered.records, 4);
-    assert_eq!(recovered.damaged_bytes, 0);
+    assert_eq!(recovered.damaged, 0);
     // Reading rewrote the file with the live keys alone, and zeros for room.
     assert_eq!(journal.records(), 2);
     let bytes = std::fs::read(d.0.join(FILE_NAME)).unwrap();
@@ -72,7 +78,7 @@ fn keys_left_open_are_in_doubt_after_a_restart_and_closed_ones_are_not() {
 }
 
 #[test]
-fn a_torn_last_record_is_read_up_to_the_damage() {
+fn a_torn_last_record_is_skipped_and_counted() {
     let d = two_left_open();
     let path = d.0.join(FILE_NAME);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -81,23 +87,23 @@ fn a_torn_last_record_is_read_up_to_the_damage() {
     std::fs::write(&path, &bytes).unwrap();
     let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
     assert_eq!(recovered.in_doubt, vec![(key(1), fp(1))]);
-    assert_eq!(recovered.damaged_bytes, RECORD_LEN as u64);
+    assert_eq!(recovered.damaged, 1);
     // Cut after its first byte: the record still counts whole.
     bytes[RECORD_LEN + 1..2 * RECORD_LEN].fill(0);
     std::fs::write(&path, &bytes).unwrap();
     let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
-    assert_eq!(recovered.damaged_bytes, RECORD_LEN as u64);
+    assert_eq!(recovered.damaged, 1);
     // A file cut short within a record: what is there is counted.
     std::fs::write(&path, &bytes[..RECORD_LEN + RECORD_LEN / 2]).unwrap();
     let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
-    assert_eq!(recovered.damaged_bytes, RECORD_LEN as u64 / 2);
+    assert_eq!(recovered.damaged, 1);
     let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
     // Appends go after sound records only.
     journal.opened(key(3), fp(3)).unwrap();
     drop(journal);
     let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
     assert_eq!(recovered.in_doubt.len(), 2);
-    assert_eq!(recovered.damaged_bytes, 0);
+    assert_eq!(recovered.damaged, 0);
 }
 
 #[test]
@@ -133,7 +139,7 @@ fn records_of_earlier_versions_are_read_and_rewritten_as_current_ones() {
     in_doubt.sort_by_key(|(_, f)| f.0);
     // The keys the current version computes for the same ids.
     assert_eq!(in_doubt, vec![(key(1), fp(1)), (key(2), fp(2))]);
-    assert_eq!(recovered.damaged_bytes, 0);
+    assert_eq!(recovered.damaged, 0);
     // Rewritten as it was read: as the current version writes it.
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes[73..RECORD_LEN], checksum(&bytes[..73]));
@@ -141,7 +147,7 @@ fn records_of_earlier_versions_are_read_and_rewritten_as_current_ones() {
 }
 
 #[test]
-fn a_damaged_record_stops_the_reading_there_and_never_the_start() {
+fn a_damaged_record_is_skipped_and_the_records_after_it_are_kept() {
     let d = dir();
     {
         let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
@@ -154,8 +160,27 @@ fn a_damaged_record_stops_the_reading_there_and_never_the_start() {
     bytes[RECORD_LEN + 40] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
     let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
-    assert_eq!(recovered.in_doubt, vec![(key(1), fp(1))]);
-    assert_eq!(recovered.damaged_bytes, 2 * RECORD_LEN as u64);
+    let mut in_doubt = recovered.in_doubt.clone();
+    in_doubt.sort_by_key(|(_, f)| f.0);
+    assert_eq!(in_doubt, vec![(key(1), fp(1)), (key(3), fp(3))]);
+    assert_eq!((recovered.records, recovered.damaged), (2, 1));
+    // Damage in every other record: every sound one is read.
+    {
+        let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
+        for n in 4..=9 {
+            journal.opened(key(n), fp(n as u8)).unwrap();
+        }
+    }
+    let mut bytes = std::fs::read(&path).unwrap();
+    for n in (0..8).step_by(2) {
+        bytes[n * RECORD_LEN] = 0x7f;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
+    assert_eq!((recovered.records, recovered.damaged), (4, 4));
+    let mut kept: Vec<_> = recovered.in_doubt.iter().map(|(_, f)| f.0[0]).collect();
+    kept.sort_unstable();
+    assert_eq!(kept, vec![3, 5, 7, 9]);
     // Garbage from the first byte: nothing read, and the gateway starts.
     std::fs::write(&path, b"not a journal at all, not even one record long").unwrap();
     let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
@@ -233,11 +258,11 @@ fn every_record_is_in_the_file_when_the_call_returns() {
         .collect();
     assert_eq!(records, vec![(true, key(1)), (false, key(1)), (true, key(2))]);
     // Killed (nothing runs on the way out): key 2 alone reads back in doubt.
-    std::mem::forget(journal);
+    kill(journal);
     let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
     assert_eq!(recovered.in_doubt, vec![(key(2), fp(2))]);
     journal.closed(key(2)).unwrap();
-    std::mem::forget(journal);
+    kill(journal);
     let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
     assert!(recovered.in_doubt.is_empty(), "{:?}", recovered.in_doubt);
 }
@@ -259,12 +284,12 @@ fn after_a_failed_rewrite_the_next_record_retries_it() {
     // The next record puts a whole file in place, with every live key.
     journal.opened(key(3), fp(3)).unwrap();
     assert_eq!(journal.records(), 3);
-    std::mem::forget(journal);
+    kill(journal);
     let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
     let mut in_doubt = recovered.in_doubt;
     in_doubt.sort_by_key(|(_, f)| f.0);
     assert_eq!(in_doubt, vec![(key(1), fp(1)), (key(2), fp(2)), (key(3), fp(3))]);
-    assert_eq!(recovered.damaged_bytes, 0);
+    assert_eq!(recovered.damaged, 0);
 }
 
 /// Opens `key(first)`, then for each of `steps` closes the key before and opens the next: each
@@ -431,8 +456,49 @@ fn an_unreadable_secret_lets_go_of_the_keys_under_it_and_never_stops_the_start()
     // Not a file at all: the same, once it can be replaced.
     let d = dir();
     std::fs::create_dir_all(d.0.join(KEY_FILE_NAME)).unwrap();
-    assert_eq!(read_secret(&d.0.join(KEY_FILE_NAME)), Secret::Unreadable);
+    assert_eq!(read_secret(&d.0.join(KEY_FILE_NAME)).unwrap(), Secret::Unreadable);
     // A directory cannot be replaced by a file: the start is refused, naming the file.
     let error = Journal::open(&d.0, TTL, 100).unwrap_err();
     assert!(error.to_string().starts_with("hash.key: "), "{error}");
+}
+
+#[test]
+fn a_secret_that_cannot_be_read_stops_the_start_and_is_never_replaced() {
+    let d = two_left_open();
+    let secret = d.0.join(KEY_FILE_NAME);
+    let kept = std::fs::read(&secret).unwrap();
+    // No permission to read it: root reads any file, so a name that cannot be opened stands in
+    // (a path through a file, which the kernel answers with ENOTDIR, not ENOENT).
+    let error = read_secret(&secret.join("inside")).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::NotADirectory);
+    assert!(error.to_string().starts_with("hash.key: "), "{error}");
+    // Through open: an error, and the secret and the ids under it are still there.
+    let mut permissions = std::fs::metadata(&secret).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o000);
+    std::fs::set_permissions(&secret, permissions.clone()).unwrap();
+    let unreadable = std::fs::read(&secret).is_err();
+    if unreadable {
+        let error = Journal::open(&d.0, TTL, 100).unwrap_err();
+        assert!(error.to_string().starts_with("hash.key: "), "{error}");
+    }
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o600);
+    std::fs::set_permissions(&secret, permissions).unwrap();
+    assert_eq!(std::fs::read(&secret).unwrap(), kept);
+    let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
+    assert_eq!(recovered.in_doubt.len(), 2);
+}
+
+#[test]
+fn a_second_gateway_on_the_same_directory_is_refused_until_the_first_is_gone() {
+    let d = dir();
+    let (first, _) = Journal::open(&d.0, TTL, 100).unwrap();
+    first.opened(key(1), fp(1)).unwrap();
+    let error = Journal::open(&d.0, TTL, 100).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+    assert!(error.to_string().contains(LOCK_FILE_NAME), "{error}");
+    // The first one's file is untouched by the refused start.
+    assert_eq!(first.records(), 1);
+    drop(first);
+    let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
+    assert_eq!(recovered.in_doubt, vec![(key(1), fp(1))]);
 }

@@ -71,7 +71,7 @@ struct Running<V, E> {
     marked: bool,
     /// An attempt is in flight.
     in_flight: bool,
-    /// An attempt came back with an outcome unknown, and no lookup has settled it since.
+    /// An attempt came back with an outcome unknown.
     unknown: bool,
     /// The key is open in the journal (written at the call's first attempt).
     opened: bool,
@@ -460,10 +460,6 @@ impl<V: Keep + Send + 'static, E: Send + Sync + 'static> Track for Ledger<V, E> 
             running.in_flight = false;
             running.unknown |= unknown;
         });
-    }
-
-    fn settled(&self, call: (Key, u64)) {
-        self.shared.running(call, |running| running.unknown = false);
     }
 
     fn unsettled(&self, call: (Key, u64)) -> bool {

@@ -281,17 +281,16 @@ trait Track: Send + Sync {
     /// The attempt in flight came back; `unknown` when its answer does not say whether it
     /// created the user.
     fn answered(&self, call: (Key, u64), unknown: bool);
-    /// A lookup settled whether the call's attempts created the user.
-    fn settled(&self, call: (Key, u64));
-    /// An attempt is in flight, or one came back with an unknown outcome not settled since.
+    /// An attempt is in flight, or one came back with an unknown outcome.
     fn unsettled(&self, call: (Key, u64)) -> bool;
 }
 
 /// What one call knows of whether it created the user: nothing sent, an attempt in flight, an
 /// unknown outcome, or settled (docs/design.md §7). The knowledge lives in the ledger, not in the
 /// call's future: once an attempt is in flight or has come back unknown, the request id stays in
-/// doubt however the call ends, until a lookup ([`Progress::settled`]) or a final answer settles
-/// it. A call without a request id has a `Progress` that tracks nothing.
+/// doubt however the call ends, until a final answer (the user, found or created) settles it. A
+/// lookup that finds nothing allows another attempt, but settles nothing: a create can land after
+/// the lookup that missed it. A call without a request id has a `Progress` that tracks nothing.
 #[derive(Clone, Copy)]
 pub struct Progress<'a> {
     call: Option<(&'a dyn Track, (Key, u64))>,
@@ -339,22 +338,14 @@ impl Progress<'_> {
     }
 
     /// Notes that the attempt in flight came back; `unknown`: its answer does not say whether it
-    /// created the user, and the id stays in doubt until [`Progress::settled`].
+    /// created the user, and the id stays in doubt until the call ends with a final answer.
     pub fn answered(&self, unknown: bool) {
         if let Some((track, call)) = self.call {
             track.answered(call, unknown);
         }
     }
 
-    /// Notes that a lookup found whether the user exists: the unknown outcomes before it are
-    /// settled.
-    pub fn settled(&self) {
-        if let Some((track, call)) = self.call {
-            track.settled(call);
-        }
-    }
-
-    /// Whether an attempt is in flight, or came back with an outcome no lookup has settled.
+    /// Whether an attempt is in flight, or one came back with an unknown outcome.
     pub fn unsettled(&self) -> bool {
         self.call.is_some_and(|(track, call)| track.unsettled(call))
     }

@@ -305,12 +305,14 @@ fn a_ledger_identifies_calls_by_its_own_secret_or_its_journals() {
         l.attach_journal(journal, &recovered.in_doubt);
         l
     };
-    let (first, second) = (with_journal(), with_journal());
-    let keyed = first.identify(&call, id);
-    assert_eq!(second.identify(&call, id), keyed, "one directory, one secret");
+    let keyed = with_journal().identify(&call, id);
+    assert_eq!(
+        with_journal().identify(&call, id),
+        keyed,
+        "one directory, one secret"
+    );
     assert_ne!(keyed, (key, fingerprint));
     assert_ne!(keyed, (Key::new("acct", id), Fingerprint::of(&call)));
-    drop((first, second));
     // An earlier version's directory: a key in doubt, and no secret.
     std::fs::remove_dir_all(&dir).unwrap();
     let (journal, _) = Journal::open(&dir, ttl, 100).unwrap();

@@ -267,8 +267,8 @@ impl<U: Upstream> ChimeGateway<U> {
         let email = request.email.clone().filter(|_| self.policy.reconcile);
         let account_id = request.account_id.clone();
         let input = translate::to_input(request);
-        // `in_doubt`: an attempt of this call may have created the user (a lookup that found
-        // nothing since does not clear it here: a later 409 is still looked up).
+        // `in_doubt`: an attempt of this call may have created the user (what its progress says
+        // too, for a call with a request id).
         let (mut waiting, mut in_doubt) = (false, false);
         // The failure a lookup is settling: still the answer if the deadline cuts the lookup.
         let mut unsettled = None;
@@ -332,12 +332,7 @@ impl<U: Upstream> ChimeGateway<U> {
                     let error = unsettled.take().expect("set above");
                     let reconciliation = match lookup {
                         Lookup::Found(found) => return Ok(Success::reconciled(*found)),
-                        Lookup::Missing(missing) => {
-                            if missing == Reconciliation::NotFound {
-                                progress.settled();
-                            }
-                            missing
-                        }
+                        Lookup::Missing(missing) => missing,
                         Lookup::Refused { budget_exhausted } => {
                             // Deferred: the in-doubt marker stays for the caller's retry.
                             let later = if progress.has_request_id() {

@@ -735,3 +735,23 @@ mod restart;
 
 #[path = "cancel_tests.rs"]
 mod cancel;
+
+#[tokio::test]
+async fn a_conflict_while_the_id_is_in_doubt_is_never_kept_for_it() {
+    // No email: the conflict cannot be looked up, so the caller hears it, but it may be the
+    // caller's own user, created by the first call's lost attempt. Its repeats must not replay it.
+    let mut request = valid().into_inner();
+    request.request_id = ID.into();
+    let up = scripted(vec![lost(), status(409, None), status(409, None)], vec![]);
+    let gw = ChimeGateway::new(up.clone(), policy(3), 4);
+    for (n, expected) in [
+        (1, Code::Unavailable),
+        (2, Code::AlreadyExists),
+        (3, Code::AlreadyExists),
+    ] {
+        let s = gw.create_user(Request::new(request.clone())).await.unwrap_err();
+        assert_eq!(s.code(), expected, "call {n}");
+        assert!(!flag(s.metadata(), REPLAYED_KEY), "call {n} was replayed");
+    }
+    assert_eq!(counts(&up), (3, 0), "every call asked Chime again");
+}
