@@ -478,10 +478,9 @@ async fn ledger_path(calls: usize, report: &mut Report) {
             let id = validate::request_id(&r.request_id).unwrap();
             let (key, fingerprint) = ledger.identify(r, id);
             let outcome = ledger
-                .run(key, fingerprint, false, deadline, |mut doubt| {
-                    doubt.sent();
-                    doubt.answered();
-                    drop(doubt);
+                .run(key, fingerprint, false, deadline, |progress| {
+                    progress.sent();
+                    progress.answered(false);
                     // Encoded once, as the gateway keeps (and sends) an answer.
                     std::future::ready(Ending::Final(make().map(Success::encoded)))
                 })
