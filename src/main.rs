@@ -181,6 +181,7 @@ async fn serve(
     let gateway = match journal {
         Some((journal, recovered)) => {
             log_recovered(&recovered);
+            gateway.metrics().journal_damaged(recovered.damaged);
             gateway.with_journal(journal, &recovered)
         }
         None => gateway,

@@ -81,6 +81,7 @@ pub struct Metrics {
     upstream_waiting: Gauge,
     reconciliations: Family<ReconciliationLabels, Counter>,
     replays: Counter,
+    journal_damaged: Counter,
     gateway_errors: Family<ReasonLabels, Counter>,
     budget_refusals: Family<KindLabels, Counter>,
     budget_tokens: Gauge,
@@ -107,6 +108,7 @@ impl Default for Metrics {
         let upstream_waiting = Gauge::default();
         let reconciliations = Family::<ReconciliationLabels, Counter>::default();
         let replays = Counter::default();
+        let journal_damaged = Counter::default();
         let gateway_errors = Family::<ReasonLabels, Counter>::default();
         for reason in crate::error::GATEWAY_REASONS {
             let _ = gateway_errors.get_or_create(&ReasonLabels { reason });
@@ -179,6 +181,11 @@ impl Default for Metrics {
             replays.clone(),
         );
         registry.register(
+            "chime_gateway_journal_damaged_records",
+            "Records of the --state-dir journal skipped at start because they were torn or damaged.",
+            journal_damaged.clone(),
+        );
+        registry.register(
             "chime_gateway_errors",
             "Calls answered with an error the gateway originated (domain chime-gateway), by ErrorInfo reason.",
             gateway_errors.clone(),
@@ -221,6 +228,7 @@ impl Default for Metrics {
             upstream_waiting,
             reconciliations,
             replays,
+            journal_damaged,
             gateway_errors,
             budget_refusals,
             budget_tokens,
@@ -286,6 +294,11 @@ impl Metrics {
     /// Sets the send rate limit (`None`: not limiting, exported as 0).
     pub fn send_rate(&self, rate: Option<f64>) {
         self.send_rate.set(rate.unwrap_or(0.0));
+    }
+
+    /// Counts the journal records skipped at start as damaged.
+    pub fn journal_damaged(&self, records: u64) {
+        self.journal_damaged.inc_by(records);
     }
 
     /// Counts a call answered with an earlier call's answer.

@@ -10,7 +10,7 @@ use chime_gateway::{
     pb::chime::v1::{CreateUserRequest, UserType, chime_service_client::ChimeServiceClient},
 };
 use common::process::{
-    EMULATOR, GATEWAY, command, post_json, sigterm, start_emulated, start_emulated_with_emulator,
+    EMULATOR, GATEWAY, command, post_json, sigterm, start, start_emulated, start_emulated_with_emulator,
     stderr_after_sigterm,
 };
 use tokio::{
@@ -277,6 +277,61 @@ async fn an_unusable_state_dir_exits_64_naming_it_before_binding() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("chime-gateway: --state-dir "), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_damaged_journal_record_is_skipped_logged_and_counted() {
+    use chime_gateway::idempotency::{
+        Fingerprint, Journal, Key,
+        journal::{FILE_NAME, RECORD_LEN},
+    };
+    use http_body_util::BodyExt;
+    let dir = std::env::temp_dir().join(format!("chime-state-{}", uuid::Uuid::new_v4()));
+    let (journal, _) = Journal::open(&dir, Duration::from_secs(900), 100).unwrap();
+    for n in 1..=3u128 {
+        let key = Key::new(DEMO_ACCOUNT_ID, uuid::Uuid::from_u128(n));
+        journal
+            .opened(key, Fingerprint::of(&CreateUserRequest::default()))
+            .unwrap();
+    }
+    drop(journal);
+    let path = dir.join(FILE_NAME);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[RECORD_LEN + 20] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let started = start(
+        &[
+            "--emulate",
+            "--log-format",
+            "json",
+            "--state-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    )
+    .await;
+    let url = format!("http://{}/metrics", started.metrics);
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let body = http.get(url.parse().unwrap()).await.unwrap().into_body();
+    let exposition = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let logs = stderr_after_sigterm(started.running).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        exposition.contains("chime_gateway_journal_damaged_records_total 1"),
+        "{exposition}"
+    );
+    let warning = logs
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
+        .find(|v| v["damaged"] == 1)
+        .unwrap_or_else(|| panic!("no line counts the damaged record: {logs}"));
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["in_doubt"], 2, "the records after the damage were read");
 }
 
 #[tokio::test]
