@@ -92,7 +92,7 @@ pub struct Config {
 
     /// Runtime worker threads (1: a single-threaded runtime). Unset: the CPUs this process may
     /// use (affinity and cgroup quota), at most 2.
-    #[arg(long, env = ENV_WORKER_THREADS)]
+    #[arg(long, env = ENV_WORKER_THREADS, value_parser = count)]
     pub worker_threads: Option<NonZeroUsize>,
 
     /// Address the Prometheus metrics (`/metrics`) listen on.
@@ -108,11 +108,11 @@ pub struct Config {
     pub default_deadline: Duration,
 
     /// Calls served at once; calls beyond it are refused at once with UNAVAILABLE and RetryInfo.
-    #[arg(long, env = ENV_MAX_CONCURRENCY, default_value = "1024")]
+    #[arg(long, env = ENV_MAX_CONCURRENCY, default_value = "1024", value_parser = count)]
     pub max_concurrency: NonZeroUsize,
 
     /// How long in-flight calls may run after SIGTERM or SIGINT before they are cancelled.
-    #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value = "20s", value_parser = bounded_duration)]
     pub shutdown_grace: Duration,
 
     /// Start the built-in Chime emulator on a loopback port and send every call to it.
@@ -134,7 +134,7 @@ pub struct Config {
 
     /// Largest request or response message, in bytes.
     #[arg(long, env = ENV_MAX_MESSAGE_SIZE, default_value = "65536",
-          value_parser = clap::value_parser!(u32).range(1024..))]
+          value_parser = clap::value_parser!(u32).range(1024..=MAX_MESSAGE_SIZE))]
     pub max_message_size: u32,
 
     /// How long an idle upstream connection is kept in the pool for reuse.
@@ -143,7 +143,7 @@ pub struct Config {
 
     /// Most upstream connections, and so upstream attempts at once; calls beyond wait for one
     /// within their deadline (DEADLINE_EXCEEDED, UPSTREAM_BUSY if it passes first).
-    #[arg(long, env = ENV_UPSTREAM_MAX_CONNECTIONS, default_value = "256")]
+    #[arg(long, env = ENV_UPSTREAM_MAX_CONNECTIONS, default_value = "256", value_parser = count)]
     pub upstream_max_connections: NonZeroUsize,
 
     /// How long the outcome of a request_id is kept: repeats within it get the same answer.
@@ -151,9 +151,9 @@ pub struct Config {
     pub idempotency_ttl: Duration,
 
     /// Most request_id outcomes kept (an answer over 1 KiB counts once per KiB); the oldest go
-    /// first. The default adds at most 16 MiB when full.
+    /// first. The default adds at most 12 MiB when full.
     #[arg(long, env = ENV_IDEMPOTENCY_CAPACITY, default_value = "10000",
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_IDEMPOTENCY_CAPACITY))]
     pub idempotency_capacity: u64,
 
     /// When an attempt's outcome is unknown (timeout, lost connection, 500/502/504), look the
@@ -314,10 +314,42 @@ pub enum LogFormat {
     Json,
 }
 
+/// The longest duration any setting takes: a deadline or TTL added to a clock reading can never
+/// overflow it, and no setting means "forever" by accident.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The most calls, connections or threads a count setting takes: far above what one sidecar
+/// serves, and below what the runtime's semaphores and maps accept.
+pub const MAX_COUNT: usize = 1 << 20;
+/// The largest message size: four times gRPC's usual 4 MiB.
+pub const MAX_MESSAGE_SIZE: i64 = 16 << 20;
+/// The most request-id outcomes kept: a full memory stays within what one process can hold
+/// (docs/configuration.md, "Memory").
+pub const MAX_IDEMPOTENCY_CAPACITY: u64 = 1_000_000;
+
 fn positive_duration(value: &str) -> Result<Duration, String> {
+    match bounded_duration(value)? {
+        d if d.is_zero() => Err("must be greater than zero".to_owned()),
+        d => Ok(d),
+    }
+}
+
+/// A humantime duration of at most [`MAX_DURATION`].
+fn bounded_duration(value: &str) -> Result<Duration, String> {
     match humantime::parse_duration(value) {
-        Ok(d) if d.is_zero() => Err("must be greater than zero".to_owned()),
+        Ok(d) if d > MAX_DURATION => Err(format!(
+            "must be at most {}",
+            humantime::format_duration(MAX_DURATION)
+        )),
         Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A count from 1 to [`MAX_COUNT`].
+fn count(value: &str) -> Result<NonZeroUsize, String> {
+    match value.parse::<NonZeroUsize>() {
+        Ok(n) if n.get() <= MAX_COUNT => Ok(n),
+        Ok(_) => Err(format!("must be at most {MAX_COUNT}")),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -345,6 +377,52 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         Config::try_parse_from(std::iter::once("chime-gateway").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn every_duration_and_count_is_bounded_and_the_bound_itself_is_taken() {
+        let week = "7days";
+        let over = "7days 1s";
+        for flag in [
+            "--upstream-timeout",
+            "--default-deadline",
+            "--shutdown-grace",
+            "--http2-keepalive-interval",
+            "--http2-keepalive-timeout",
+            "--max-connection-age",
+            "--upstream-pool-idle-timeout",
+            "--idempotency-ttl",
+        ] {
+            assert!(parse(&[flag, week]).is_ok(), "{flag} {week}");
+            let error = parse(&[flag, over]).unwrap_err().to_string();
+            assert!(error.contains("must be at most 7days"), "{flag}: {error}");
+            assert!(
+                parse(&[flag, "1000000000y"]).is_err(),
+                "{flag}: far past any clock"
+            );
+        }
+        for flag in [
+            "--max-concurrency",
+            "--upstream-max-connections",
+            "--worker-threads",
+        ] {
+            assert!(parse(&[flag, &MAX_COUNT.to_string()]).is_ok(), "{flag}");
+            let error = parse(&[flag, &(MAX_COUNT + 1).to_string()])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("must be at most"), "{flag}: {error}");
+            assert!(parse(&[flag, "0"]).is_err(), "{flag} 0");
+        }
+        let capacity = MAX_IDEMPOTENCY_CAPACITY.to_string();
+        assert!(parse(&["--idempotency-capacity", &capacity]).is_ok());
+        for over in [MAX_IDEMPOTENCY_CAPACITY + 1, u64::MAX] {
+            assert!(
+                parse(&["--idempotency-capacity", &over.to_string()]).is_err(),
+                "{over}"
+            );
+        }
+        assert!(parse(&["--max-message-size", &MAX_MESSAGE_SIZE.to_string()]).is_ok());
+        assert!(parse(&["--max-message-size", &(MAX_MESSAGE_SIZE + 1).to_string()]).is_err());
     }
 
     #[test]

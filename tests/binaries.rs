@@ -54,6 +54,10 @@ async fn invalid_configuration_exits_64_with_one_line() {
         (&[], Some(("CHIME_GATEWAY_RETRY_BUDGET_RETRY_COST", "0"))),
         (&[], Some(("CHIME_GATEWAY_UPSTREAM_RATE", "fast"))),
         (&["--upstream-rate", "0.1"], None),
+        (&["--idempotency-capacity", "18446744073709551615"], None),
+        (&[], Some(("CHIME_GATEWAY_IDEMPOTENCY_TTL", "1000000000y"))),
+        (&["--shutdown-grace", "8days"], None),
+        (&["--max-concurrency", "99999999999"], None),
     ] {
         let mut cmd = command(GATEWAY);
         cmd.args(args);

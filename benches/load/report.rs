@@ -247,7 +247,7 @@ impl Report {
             ),
             (
                 "RSS a full request-id memory adds (default capacity, ledger-full - ledger-empty)",
-                "<= 16 MiB",
+                "<= 12 MiB",
                 mib(ledger_kib),
                 ledger_kib <= 16 * 1024,
             ),

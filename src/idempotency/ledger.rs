@@ -40,7 +40,10 @@ use tokio::{
 
 use uuid::Uuid;
 
-use super::{DigestHasher, Ending, Fingerprint, Journal, Keep, Key, Local, Outcome, Progress, Track, weight};
+use super::{
+    DigestHasher, Ending, Fingerprint, Journal, Keep, Key, Local, Outcome, Progress, Track, WEIGHT_UNIT,
+    weight,
+};
 use crate::pb::chime::v1::CreateUserRequest;
 
 /// Shards are used only when each holds at least this many entries (so small capacities stay
@@ -234,8 +237,12 @@ impl<V, E> Shard<V, E> {
         }
         let at = *first_byte + bytes.len() as u64;
         if let Some(answer) = answer {
+            let most = usize::try_from(capacity).map_or(usize::MAX, |c| c.saturating_mul(WEIGHT_UNIT));
+            make_room(bytes, answer.len(), most);
             bytes.extend(answer);
         }
+        let most = usize::try_from(capacity).map_or(usize::MAX, |c| c.saturating_mul(2)) + 1;
+        make_room(records, 1, most);
         records.push_back(Record {
             key,
             fingerprint,
@@ -252,7 +259,7 @@ impl<V, E> Shard<V, E> {
     /// shard is over its capacity, and stale records as they reach the front.
     fn evict(&mut self, now: u64, capacity: u64) {
         while let Some(front) = self.records.front() {
-            let over = self.weight > capacity || self.records.len() as u64 > 2 * capacity;
+            let over = self.weight > capacity || self.records.len() as u64 > capacity.saturating_mul(2);
             if front.weight > 0 && !over && front.expires > now {
                 return;
             }
@@ -264,6 +271,19 @@ impl<V, E> Shard<V, E> {
             self.first += 1;
         }
     }
+}
+
+/// Makes room in `queue` for `more` items, growing it by half (not doubling, as a `VecDeque` does
+/// by itself) and never past `most` items unless the items need it: a full shard's queues hold
+/// about what they must, so the memory's bound holds with little slack (docs/configuration.md,
+/// "Memory").
+fn make_room<T>(queue: &mut VecDeque<T>, more: usize, most: usize) {
+    let need = queue.len() + more;
+    if need <= queue.capacity() {
+        return;
+    }
+    let grown = queue.capacity() + queue.capacity() / 2;
+    queue.reserve_exact(grown.min(most).max(need) - queue.len());
 }
 
 /// Hints to the processor that the `len` bytes from `at` are about to be used. Only a hint: an
@@ -686,6 +706,25 @@ where
             .shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).weight)
+            .sum()
+    }
+
+    /// Bytes the settled entries hold on the heap now, allocated room included: the answers'
+    /// queue, the records' queue, the table of their places and the buffer answers are written
+    /// into. (Calls in flight are not counted: the concurrency limit bounds them.)
+    pub fn heap_bytes(&self) -> usize {
+        let shard_bytes = |shard: &Shard<V, E>| {
+            // hashbrown's table: a power of two of buckets at 7/8 load, 8 bytes and a control
+            // byte each.
+            let buckets = (shard.settled.capacity() * 8 / 7 + 1).next_power_of_two();
+            shard.bytes.capacity()
+                + shard.records.capacity() * std::mem::size_of::<Record>()
+                + buckets * (std::mem::size_of::<u64>() + 1)
+                + shard.scratch.capacity()
+        };
+        let shards = self.shared.shards.iter();
+        shards
+            .map(|s| shard_bytes(&s.lock().unwrap_or_else(PoisonError::into_inner)))
             .sum()
     }
 

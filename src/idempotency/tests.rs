@@ -830,3 +830,37 @@ async fn a_mark_lands_on_its_own_run_or_in_doubt_and_never_on_a_kept_answer() {
         assert_eq!(l.in_doubt(&key(3)), left_in_doubt, "marked by {marker}");
     }
 }
+
+// The worst case of the memory bound stated in docs/configuration.md ("Memory"): every entry an
+// answer of exactly one weight unit (the most bytes an entry may hold), and markers written over
+// and over on the same keys, so that stale records make the records' queue its longest (twice the
+// capacity).
+#[tokio::test]
+async fn a_full_memory_of_the_largest_answers_stays_within_its_bound() {
+    const BOUND: usize = 12 << 20;
+    let capacity = 10_000;
+    let l = L::new(Duration::from_secs(60), capacity);
+    let runs = AtomicU32::new(0);
+    let unit = "x".repeat(WEIGHT_UNIT);
+    let mut peak = 0;
+    let mut n = 0;
+    for round in 0..3 {
+        for i in 0..u128::from(capacity) {
+            n += 1;
+            if round == 1 && i % 2 == 0 {
+                in_doubt(&l, 1_000_000 + i % 64).await;
+            } else {
+                let answer = Ending::Final(Answer(unit.clone()));
+                drop(run(&l, key(n), fp("a@x.io"), &runs, answer).await);
+            }
+            if i % 500 == 0 {
+                peak = peak.max(l.heap_bytes());
+            }
+        }
+    }
+    peak = peak.max(l.heap_bytes());
+    assert!(l.weight() <= capacity);
+    assert!(peak <= BOUND, "{peak} bytes, over {BOUND}");
+    let answers = usize::try_from(capacity).unwrap() * WEIGHT_UNIT;
+    assert!(peak > answers, "{peak} bytes: the worst case is not reached");
+}

@@ -61,7 +61,8 @@ pub const PREVIOUS_ATTEMPTS_KEY: &str = "x-chime-gateway-previous-attempts";
 pub const GRPC_PREVIOUS_ATTEMPTS_KEY: &str = "grpc-previous-rpc-attempts";
 /// How long a request id's outcome is kept by default.
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(15 * 60);
-/// How many outcomes are kept by default: a full ledger adds at most 16 MiB (BENCHMARKS.md).
+/// How many outcomes are kept by default: what a full memory holds is in docs/configuration.md,
+/// "Memory".
 pub const DEFAULT_IDEMPOTENCY_CAPACITY: u64 = 10_000;
 
 /// How each call is bounded, retried and settled.
