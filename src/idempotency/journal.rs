@@ -168,6 +168,20 @@ pub struct Journal {
     ttl: Duration,
     capacity: usize,
     inner: Mutex<Inner>,
+    /// Runs (once) as a close begins, for tests that race another call against it.
+    #[cfg(test)]
+    before_close: Mutex<Option<BeforeClose>>,
+}
+
+/// What runs as a close begins, in tests.
+#[cfg(test)]
+struct BeforeClose(Box<dyn FnOnce(Key) + Send>);
+
+#[cfg(test)]
+impl std::fmt::Debug for BeforeClose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeClose(..)")
+    }
 }
 
 impl Journal {
@@ -211,6 +225,8 @@ impl Journal {
                 live,
                 records,
             }),
+            #[cfg(test)]
+            before_close: Mutex::new(None),
         };
         Ok((journal, recovered))
     }
@@ -238,6 +254,15 @@ impl Journal {
 
     /// Records that `key`'s calls ended knowing their outcome.
     pub fn closed(&self, key: Key) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(hook) = self
+            .before_close
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            (hook.0)(key);
+        }
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let Some((fingerprint, _)) = inner.live.remove(&key) else {
             return Ok(());
@@ -292,6 +317,12 @@ impl Journal {
             .unwrap_or_else(PoisonError::into_inner)
             .live
             .len()
+    }
+
+    /// Runs `hook` as the next close begins.
+    #[cfg(test)]
+    pub(super) fn before_close(&self, hook: Box<dyn FnOnce(Key) + Send>) {
+        *self.before_close.lock().unwrap_or_else(PoisonError::into_inner) = Some(BeforeClose(hook));
     }
 
     /// Records in the file now.

@@ -757,6 +757,11 @@ impl<V: Keep, E> Ledger<V, E> {
 
 #[cfg(test)]
 impl<V: Keep, E> Ledger<V, E> {
+    /// The journal the ledger writes to.
+    pub(super) fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
     /// Leaves `key` in doubt, as a recovered journal does.
     pub(super) fn mark(&self, key: Key, fingerprint: Fingerprint) {
         self.shared.mark(key, fingerprint);

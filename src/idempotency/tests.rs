@@ -864,3 +864,58 @@ async fn a_full_memory_of_the_largest_answers_stays_within_its_bound() {
     let answers = usize::try_from(capacity).unwrap() * WEIGHT_UNIT;
     assert!(peak > answers, "{peak} bytes: the worst case is not reached");
 }
+
+// A call that ends knowing its outcome closes its key in the journal; the next call with the key
+// may begin the moment the first one's entry is gone, and open the key again. The close must never
+// land after that open: as the first call's close begins, a second call with the key runs, on
+// another thread, to an end in doubt (if it can within 200 ms). Its key must stay open in the
+// journal.
+#[test]
+fn a_close_never_erases_the_next_calls_open_of_the_same_key() {
+    fn block_on<F: Future>(f: F) -> F::Output {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(f)
+    }
+    let dir = std::env::temp_dir().join(format!("chime-ledger-{}", uuid::Uuid::new_v4()));
+    let ttl = Duration::from_secs(60);
+    let (journal, recovered) = Journal::open(&dir, ttl, 100).unwrap();
+    let mut l = ledger();
+    l.attach_journal(journal, &recovered.in_doubt);
+    let l = Arc::new(l);
+    let (racer, raced) = std::sync::mpsc::channel();
+    let second = l.clone();
+    l.journal().unwrap().before_close(Box::new(move |key| {
+        let call = std::thread::spawn(move || {
+            block_on(
+                second.run(key, fp("a@x.io"), false, far(), |progress| async move {
+                    progress.sent();
+                    progress.answered(true);
+                    Ending::Transient("unknown")
+                }),
+            )
+        });
+        let started = std::time::Instant::now();
+        while !call.is_finished() && started.elapsed() < Duration::from_millis(200) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        racer.send(call).unwrap();
+    }));
+    block_on(l.run(key(1), fp("a@x.io"), false, far(), |progress| async move {
+        progress.sent();
+        progress.answered(false);
+        Ending::Transient("settled: not sent")
+    }));
+    drop(raced.recv().unwrap().join().unwrap());
+    assert!(l.in_doubt(&key(1)), "the second call left its key in doubt");
+    drop(Arc::into_inner(l).unwrap());
+    let (_, recovered) = Journal::open(&dir, ttl, 100).unwrap();
+    assert_eq!(
+        recovered.in_doubt,
+        vec![(key(1), fp("a@x.io"))],
+        "and in the journal"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
