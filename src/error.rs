@@ -245,7 +245,11 @@ impl CallError {
     pub fn code(&self) -> Code {
         match self {
             CallError::Invalid(_) | CallError::RequestIdReused => Code::InvalidArgument,
-            CallError::Upstream { error, .. } => rule(error).code,
+            CallError::Upstream {
+                error,
+                reconciliation,
+                ..
+            } => upstream_code(error, *reconciliation),
             CallError::RateLimited { .. } => Code::ResourceExhausted,
             CallError::DeadlineExceeded { .. } | CallError::UpstreamBusy { .. } => Code::DeadlineExceeded,
             CallError::Overloaded | CallError::ShuttingDown => Code::Unavailable,
@@ -339,6 +343,27 @@ pub fn message_too_large(limit: usize) -> Status {
     Status::with_error_details(Code::ResourceExhausted, message, details)
 }
 
+/// Whether `error` is a conflict that a lookup was owed but did not settle (it failed, or was
+/// put off): the user that holds the email may be the caller's own, created by an earlier attempt
+/// whose answer was lost, so the caller must not hear ALREADY_EXISTS (docs/design.md §7).
+fn unsettled_conflict(error: &UpstreamError, reconciliation: Option<Reconciliation>) -> bool {
+    error.http_status() == Some(409)
+        && matches!(
+            reconciliation,
+            Some(Reconciliation::Failed | Reconciliation::Deferred | Reconciliation::Skipped)
+        )
+}
+
+/// The code of an upstream failure: the table's, except for an unsettled conflict, which is
+/// ABORTED (retry the call with the same request id) rather than ALREADY_EXISTS.
+fn upstream_code(error: &UpstreamError, reconciliation: Option<Reconciliation>) -> Code {
+    if unsettled_conflict(error, reconciliation) {
+        Code::Aborted
+    } else {
+        rule(error).code
+    }
+}
+
 fn upstream_status(
     error: &UpstreamError,
     attempts: u32,
@@ -378,8 +403,11 @@ fn upstream_status(
             (other.to_string(), None, None)
         }
     };
-    // A stopped call, or a deferred lookup, is for the caller to retry: later, and spread out.
-    let stopped = budget_exhausted || reconciliation == Some(Reconciliation::Deferred);
+    // A stopped call, a deferred lookup or an unsettled conflict is for the caller to retry:
+    // later, and spread out.
+    let stopped = budget_exhausted
+        || reconciliation == Some(Reconciliation::Deferred)
+        || unsettled_conflict(error, reconciliation);
     if rule.retry_info || stopped {
         let delay = retry_after.unwrap_or_else(|| {
             if stopped {
@@ -393,7 +421,8 @@ fn upstream_status(
     if let Some(id) = request_id {
         details.set_request_info(id, "");
     }
-    let mut status = Status::with_error_details(rule.code, message, details);
+    let code = upstream_code(error, reconciliation);
+    let mut status = Status::with_error_details(code, message, details);
     if let Some(value) = request_id.and_then(|id| MetadataValue::try_from(id).ok()) {
         status.metadata_mut().insert(REQUEST_ID_KEY, value);
     }

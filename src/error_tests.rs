@@ -129,6 +129,40 @@ fn conflict_maps_to_already_exists() {
 }
 
 #[test]
+fn a_conflict_whose_lookup_did_not_settle_it_is_aborted_with_retry_info() {
+    use Reconciliation::*;
+    for (reconciliation, code, retry_info) in [
+        (None, Code::AlreadyExists, false),
+        (Some(NotFound), Code::AlreadyExists, false),
+        (Some(Failed), Code::Aborted, true),
+        (Some(Deferred), Code::Aborted, true),
+        (Some(Skipped), Code::Aborted, true),
+    ] {
+        let error = CallError::Upstream {
+            error: response(409, Some("ConflictException"), Some("Conflict")),
+            attempts: 2,
+            reconciliation,
+            budget_exhausted: false,
+        };
+        assert_eq!(error.code(), code, "{reconciliation:?}");
+        let s = error.to_status();
+        check(&s, code, UPSTREAM_DOMAIN, "CONFLICT", retry_info);
+        let info = s.get_error_details().error_info().cloned().unwrap();
+        let expected = reconciliation.map(|r| r.as_str().to_owned());
+        assert_eq!(info.metadata.get("reconciliation").cloned(), expected);
+    }
+    // Any other failure keeps its code whatever its lookup came to.
+    let lost = CallError::Upstream {
+        error: response(500, None, None),
+        attempts: 1,
+        reconciliation: Some(Failed),
+        budget_exhausted: false,
+    };
+    assert_eq!(lost.code(), Code::Internal);
+    assert_eq!(lost.to_status().code(), Code::Internal);
+}
+
+#[test]
 fn throttled_maps_to_resource_exhausted_with_retry_info_and_is_retried() {
     check_upstream(
         429,
