@@ -31,7 +31,7 @@ use std::{
     hash::BuildHasherDefault,
     io::{self, Read, Seek, Write},
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError, mpsc},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -58,6 +58,13 @@ pub const RECORD_LEN: usize = 1 + 32 + 32 + 8 + 4;
 const COMPACT_MIN: u64 = 4096;
 /// Records of room a file gets per live key.
 const ROOM_PER_KEY: u64 = 4;
+/// The wait before the first new try of a rewrite that failed; it doubles with each failure, up
+/// to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// The name of a file made ready for the next rewrite, inside `--state-dir`: this, a dot and a
+/// number.
+const SPARE_PREFIX: &str = "in-doubt.journal.spare";
 
 const OPEN: u8 = 1;
 const CLOSE: u8 = 2;
@@ -155,6 +162,86 @@ struct Inner {
     live: Live,
     /// Records in the file: the next one goes at this index.
     records: u64,
+    /// A spare file was asked of the preparer for the next rewrite, and not yet used.
+    asked: bool,
+    /// After a rewrite failed: when the next may be tried, and the wait after that one.
+    retry: Option<(std::time::Instant, Duration)>,
+}
+
+/// A file made ready for a rewrite ahead of it, off the calls' path: created, its room reserved
+/// and mapped, so that the rewrite itself only copies the live keys in and renames it.
+#[derive(Debug)]
+struct Spare {
+    path: PathBuf,
+    map: MmapMut,
+    /// Records of room.
+    room: u64,
+}
+
+/// The thread that makes spare files, and where it leaves the last one made.
+#[derive(Debug)]
+struct Preparer {
+    ask: Mutex<mpsc::Sender<u64>>,
+    ready: Arc<Mutex<Option<Spare>>>,
+}
+
+impl Preparer {
+    /// Starts the thread, which makes spares in `dir` as they are asked for (with the room asked
+    /// for) and stops when the journal goes.
+    fn start(dir: &Path) -> io::Result<Self> {
+        let (ask, asked) = mpsc::channel::<u64>();
+        let ready = Arc::new(Mutex::new(None));
+        let (dir, made) = (dir.to_owned(), ready.clone());
+        std::thread::Builder::new()
+            .name("journal-spare".into())
+            .spawn(move || {
+                for (n, room) in asked.into_iter().enumerate() {
+                    let path = dir.join(format!("{SPARE_PREFIX}.{n}"));
+                    match prepare(&path, room) {
+                        Ok(spare) => {
+                            let old = made.lock().unwrap_or_else(PoisonError::into_inner).replace(spare);
+                            if let Some(Spare { path, map, .. }) = old {
+                                drop(map);
+                                let _ = fs::remove_file(path);
+                            }
+                        }
+                        Err(e) => {
+                            let _ = fs::remove_file(&path);
+                            tracing::warn!(error = %e, "cannot make the next file of the --state-dir journal ahead; the rewrite will make it");
+                        }
+                    }
+                }
+            })?;
+        Ok(Self {
+            ask: Mutex::new(ask),
+            ready,
+        })
+    }
+
+    fn ask(&self, room: u64) {
+        let _ = self.ask.lock().unwrap_or_else(PoisonError::into_inner).send(room);
+    }
+
+    fn take(&self) -> Option<Spare> {
+        self.ready.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// Makes a spare file at `path` with `room` records of room, reserved and mapped.
+fn prepare(path: &Path, room: u64) -> io::Result<Spare> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    reserve(&file, room * RECORD_LEN as u64)?;
+    let map = map(&file)?;
+    Ok(Spare {
+        path: path.to_owned(),
+        map,
+        room,
+    })
 }
 
 /// The journal of one gateway process.
@@ -168,6 +255,7 @@ pub struct Journal {
     ttl: Duration,
     capacity: usize,
     inner: Mutex<Inner>,
+    preparer: Preparer,
     /// Runs (once) as a close begins, for tests that race another call against it.
     #[cfg(test)]
     before_close: Mutex<Option<BeforeClose>>,
@@ -209,6 +297,7 @@ impl Journal {
                 Some(draw_secret(dir)?)
             }
         };
+        remove_spares(dir);
         let map = rewrite(&path, &live)?;
         let mut in_doubt: Vec<_> = live.iter().map(|(k, (f, at))| (*at, *k, *f)).collect();
         in_doubt.sort_by_key(|(at, key, _)| (*at, key.0));
@@ -224,7 +313,10 @@ impl Journal {
                 map: Some(map),
                 live,
                 records,
+                asked: false,
+                retry: None,
             }),
+            preparer: Preparer::start(dir)?,
             #[cfg(test)]
             before_close: Mutex::new(None),
         };
@@ -281,14 +373,20 @@ impl Journal {
     /// says.
     fn append(&self, inner: &mut Inner, record: &Record) -> io::Result<()> {
         let at = inner.records as usize * RECORD_LEN;
-        match &mut inner.map {
+        let room = match &mut inner.map {
             Some(map) if at + RECORD_LEN <= map.len() => {
                 map[at..at + RECORD_LEN].copy_from_slice(&record.encode());
                 inner.records += 1;
-                Ok(())
+                (map.len() / RECORD_LEN) as u64
             }
-            _ => self.compact(inner),
+            _ => return self.compact(inner),
+        };
+        // Three quarters of the room used: the next file is made now, off the calls' path.
+        if !inner.asked && inner.records * 4 >= room * 3 {
+            inner.asked = true;
+            self.preparer.ask(room_for(inner.live.len()));
         }
+        Ok(())
     }
 
     /// Lets go of the keys older than the TTL and the oldest beyond the capacity, and writes the
@@ -304,10 +402,37 @@ impl Journal {
                 inner.live.remove(&key);
             }
         }
+        let now = std::time::Instant::now();
+        if let Some((at, _)) = inner.retry
+            && now < at
+        {
+            return Err(io::Error::other(
+                "the journal's last rewrite failed; the next is tried after a wait",
+            ));
+        }
         inner.map = None;
-        inner.map = Some(rewrite(&self.path, &inner.live)?);
-        inner.records = inner.live.len() as u64;
-        Ok(())
+        inner.asked = false;
+        let spare = self
+            .preparer
+            .take()
+            .filter(|s| s.room >= room_for(inner.live.len()));
+        let rewritten = match spare {
+            Some(spare) => put_spare(spare, &self.path, &inner.live),
+            None => rewrite(&self.path, &inner.live),
+        };
+        match rewritten {
+            Ok(map) => {
+                inner.map = Some(map);
+                inner.records = inner.live.len() as u64;
+                inner.retry = None;
+                Ok(())
+            }
+            Err(e) => {
+                let wait = inner.retry.map_or(RETRY_FIRST, |(_, wait)| wait);
+                inner.retry = Some((now + wait, (wait * 2).min(RETRY_MAX)));
+                Err(e)
+            }
+        }
     }
 
     /// Keys open now.
@@ -429,10 +554,14 @@ fn read(path: &Path, ttl: Duration) -> io::Result<(Live, Recovered)> {
     Ok((live, recovered))
 }
 
-/// Writes the live keys to a new file, with room for [`ROOM_PER_KEY`] records per key (and at
-/// least [`COMPACT_MIN`]) that reads as zeros, puts it in place of the journal and maps it.
-fn rewrite(path: &Path, live: &Live) -> io::Result<MmapMut> {
-    let room = COMPACT_MIN.max(ROOM_PER_KEY * live.len() as u64) as usize;
+/// The room a file gets for `live` keys: [`ROOM_PER_KEY`] records per key, at least
+/// [`COMPACT_MIN`].
+fn room_for(live: usize) -> u64 {
+    COMPACT_MIN.max(ROOM_PER_KEY * live as u64)
+}
+
+/// The records that open each live key.
+fn live_records(live: &Live) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(live.len() * RECORD_LEN);
     for (key, (fingerprint, at_ms)) in live {
         let record = Record {
@@ -443,6 +572,35 @@ fn rewrite(path: &Path, live: &Live) -> io::Result<MmapMut> {
         };
         bytes.extend_from_slice(&record.encode());
     }
+    bytes
+}
+
+/// Copies the live keys into a spare made ahead (its room reads as zeros) and puts it in place
+/// of the journal: a copy and a rename, no file to make or reserve.
+fn put_spare(mut spare: Spare, path: &Path, live: &Live) -> io::Result<MmapMut> {
+    let bytes = live_records(live);
+    spare.map[..bytes.len()].copy_from_slice(&bytes);
+    fs::rename(&spare.path, path)?;
+    Ok(spare.map)
+}
+
+/// Removes the spare files a gateway before this one left.
+fn remove_spares(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(SPARE_PREFIX) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Writes the live keys to a new file, with room for [`ROOM_PER_KEY`] records per key (and at
+/// least [`COMPACT_MIN`]) that reads as zeros, puts it in place of the journal and maps it.
+fn rewrite(path: &Path, live: &Live) -> io::Result<MmapMut> {
+    let room = room_for(live.len()) as usize;
+    let bytes = live_records(live);
     let fresh = path.with_extension("journal.new");
     let mut file = OpenOptions::new()
         .read(true)
@@ -454,11 +612,17 @@ fn rewrite(path: &Path, live: &Live) -> io::Result<MmapMut> {
     file.write_all(&bytes)?;
     reserve(&file, (room * RECORD_LEN) as u64)?;
     fs::rename(&fresh, path)?;
-    // SAFETY: the file is this gateway's own, in its `--state-dir` (one directory per gateway),
-    // and nothing else truncates it while it is mapped: a rewrite puts a new file in its place
-    // by rename, and this mapping is dropped first. Its blocks are reserved, so a copy into the
-    // mapping cannot fault for want of disk space.
-    let map = unsafe { MmapMut::map_mut(&file) }?;
+    map(&file)
+}
+
+/// Maps `file`, its pages made at once.
+fn map(file: &File) -> io::Result<MmapMut> {
+    // SAFETY: the file is this gateway's own, in its `--state-dir` (one gateway per directory, by
+    // its lock), and nothing truncates it while it is mapped: a rewrite puts a new file in its
+    // place by rename, a spare is made under a name of its own, and each mapping is dropped before
+    // its file is removed. Its blocks are reserved, so a copy into the mapping cannot fault for
+    // want of disk space.
+    let map = unsafe { MmapMut::map_mut(file) }?;
     // The pages made now, in one call, rather than by a fault each as records reach them. Only a
     // hint: a kernel before Linux 5.14 refuses it, and the faults make them then.
     #[cfg(target_os = "linux")]

@@ -272,16 +272,26 @@ fn after_a_failed_rewrite_the_next_record_retries_it() {
     let d = dir();
     let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
     journal.opened(key(1), fp(1)).unwrap();
-    // The new file cannot be made (as on a full disk): the rewrite when the room is used fails.
-    let blocker = d.0.join(FILE_NAME).with_extension("journal.new");
-    std::fs::create_dir(&blocker).unwrap();
+    // No new file can be made (as on a full disk), neither ahead nor at the rewrite: the rewrite
+    // when the room is used fails.
+    let blockers = [
+        d.0.join(FILE_NAME).with_extension("journal.new"),
+        d.0.join(format!("{SPARE_PREFIX}.0")),
+    ];
+    for blocker in &blockers {
+        std::fs::create_dir(blocker).unwrap();
+    }
     let steps = u128::from(COMPACT_MIN - 2) / 2;
     churn(&journal, 1_000, steps);
     assert_eq!(journal.records(), COMPACT_MIN);
     assert!(journal.opened(key(2), fp(2)).is_err());
+    for blocker in &blockers {
+        std::fs::remove_dir(blocker).unwrap();
+    }
+    // Within the wait after a failure, records are refused at once: no rewrite is tried.
     assert!(journal.closed(key(1_000 + steps)).is_err());
-    std::fs::remove_dir(&blocker).unwrap();
-    // The next record puts a whole file in place, with every live key.
+    std::thread::sleep(RETRY_FIRST + Duration::from_millis(50));
+    // The next record after it puts a whole file in place, with every live key.
     journal.opened(key(3), fp(3)).unwrap();
     assert_eq!(journal.records(), 3);
     kill(journal);
@@ -289,6 +299,81 @@ fn after_a_failed_rewrite_the_next_record_retries_it() {
     let mut in_doubt = recovered.in_doubt;
     in_doubt.sort_by_key(|(_, f)| f.0);
     assert_eq!(in_doubt, vec![(key(1), fp(1)), (key(2), fp(2)), (key(3), fp(3))]);
+    assert_eq!(recovered.damaged, 0);
+}
+
+#[test]
+fn a_failed_rewrite_is_tried_again_after_a_wait_that_doubles() {
+    let d = dir();
+    let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
+    let blockers = [
+        d.0.join(FILE_NAME).with_extension("journal.new"),
+        d.0.join(format!("{SPARE_PREFIX}.0")),
+    ];
+    for blocker in &blockers {
+        std::fs::create_dir(blocker).unwrap();
+    }
+    journal.opened(key(1), fp(1)).unwrap();
+    churn(&journal, 1_000, u128::from(COMPACT_MIN - 2) / 2);
+    let tried = |journal: &Journal| journal.inner.lock().unwrap().retry.map(|(_, wait)| wait);
+    assert!(journal.opened(key(2), fp(2)).is_err());
+    assert_eq!(tried(&journal), Some(RETRY_FIRST * 2), "failed once");
+    assert!(journal.opened(key(3), fp(3)).is_err());
+    assert_eq!(
+        tried(&journal),
+        Some(RETRY_FIRST * 2),
+        "refused within the wait, not tried"
+    );
+    std::thread::sleep(RETRY_FIRST + Duration::from_millis(20));
+    assert!(journal.opened(key(4), fp(4)).is_err());
+    assert_eq!(
+        tried(&journal),
+        Some(RETRY_FIRST * 4),
+        "tried after the wait, failed again"
+    );
+    for blocker in &blockers {
+        std::fs::remove_dir(blocker).unwrap();
+    }
+    std::thread::sleep(RETRY_FIRST * 2 + Duration::from_millis(20));
+    journal.opened(key(5), fp(5)).unwrap();
+    assert_eq!(tried(&journal), None);
+    assert_eq!(
+        journal.live(),
+        6,
+        "no key was lost while the file could not be written"
+    );
+}
+
+#[test]
+fn the_rewrite_puts_in_place_the_file_made_ahead_of_it() {
+    use std::os::unix::fs::MetadataExt;
+    let d = dir();
+    let (journal, _) = Journal::open(&d.0, TTL, 100).unwrap();
+    // Three quarters of the room used: the next file is asked for.
+    churn(&journal, 1_000, u128::from(COMPACT_MIN * 3 / 4) / 2);
+    let spare = d.0.join(format!("{SPARE_PREFIX}.0"));
+    let started = std::time::Instant::now();
+    while journal.preparer.ready.lock().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no spare made");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let made = std::fs::metadata(&spare).unwrap();
+    assert_eq!(made.len(), COMPACT_MIN * RECORD_LEN as u64);
+    churn(&journal, 100_000, 512);
+    assert!(journal.records() < 10, "rewritten: {}", journal.records());
+    let journal_file = std::fs::metadata(d.0.join(FILE_NAME)).unwrap();
+    assert_eq!(journal_file.ino(), made.ino(), "the spare is the journal now");
+    assert!(!spare.exists());
+    kill(journal);
+    let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
+    let mut open: Vec<_> = recovered.in_doubt.iter().map(|(k, _)| *k).collect();
+    open.sort_by_key(|k| k.0);
+    let mut expected = vec![
+        key(1_000 + u128::from(COMPACT_MIN * 3 / 4) / 2),
+        key(100_000 + 512),
+    ];
+    expected.sort_by_key(|k| k.0);
+    assert_eq!(open, expected, "the last key of each churn is open");
     assert_eq!(recovered.damaged, 0);
 }
 
