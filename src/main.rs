@@ -220,6 +220,13 @@ fn log_recovered(r: &Recovered) {
             "--state-dir: hash.key could not be read, so the request ids in doubt hashed under it are lost; a new one was drawn"
         );
     }
+    if let Some(until) = r.digests_until {
+        tracing::warn!(
+            digests = r.digests,
+            until = %humantime::format_rfc3339_seconds(until),
+            "--state-dir: request ids in doubt hashed as SHA-256 digests by an earlier version are recognised so until one TTL after the newest of them"
+        );
+    }
     if r.damaged > 0 {
         tracing::warn!(
             in_doubt,

@@ -20,13 +20,14 @@
 //! pile into one bucket of the ledger's maps). So the directory keeps a secret of its own,
 //! `hash.key`: 16 random bytes drawn when a directory is first used, under which both are SipHash
 //! ([`super::Local`]), as in a gateway without `--state-dir`. A journal written by an earlier
-//! version, whose keys are SHA-256 digests and which has no `hash.key`, keeps digests for as long as
-//! a start finds keys in doubt in it; the first start that finds none draws the secret.
+//! version, whose keys are SHA-256 digests and which has no `hash.key`, gets its secret at once:
+//! every key from then on is hashed under it, and the digests it holds are marked so (their
+//! records say so too) and recognised for one TTL after the newest of them, never after.
 //!
 //! Knows files, keys and fingerprints; never HTTP, gRPC or emails.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::{self, File, OpenOptions},
     hash::BuildHasherDefault,
     io::{self, Read, Seek, Write},
@@ -68,11 +69,15 @@ const SPARE_PREFIX: &str = "in-doubt.journal.spare";
 
 const OPEN: u8 = 1;
 const CLOSE: u8 = 2;
+/// An open of a key that is a SHA-256 digest (an earlier version's), not hashed under the secret.
+const OPEN_DIGEST: u8 = 3;
 
 /// A record as it is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Record {
     open: bool,
+    /// The key is a digest ([`Key::new`]), as an earlier version wrote it.
+    digest: bool,
     key: Key,
     fingerprint: Fingerprint,
     at_ms: u64,
@@ -81,7 +86,11 @@ struct Record {
 impl Record {
     fn encode(&self) -> [u8; RECORD_LEN] {
         let mut out = [0u8; RECORD_LEN];
-        out[0] = if self.open { OPEN } else { CLOSE };
+        out[0] = match (self.open, self.digest) {
+            (true, false) => OPEN,
+            (true, true) => OPEN_DIGEST,
+            (false, _) => CLOSE,
+        };
         out[1..17].copy_from_slice(&self.key.0);
         out[33..49].copy_from_slice(&self.fingerprint.0);
         out[65..73].copy_from_slice(&self.at_ms.to_le_bytes());
@@ -96,9 +105,10 @@ impl Record {
         if checksum(body) != sum && earlier_checksum(body) != sum {
             return None;
         }
-        let open = match bytes[0] {
-            OPEN => true,
-            CLOSE => false,
+        let (open, digest) = match bytes[0] {
+            OPEN => (true, false),
+            OPEN_DIGEST => (true, true),
+            CLOSE => (false, false),
             _ => return None,
         };
         let mut key = [0u8; 16];
@@ -109,6 +119,7 @@ impl Record {
         at.copy_from_slice(&bytes[65..73]);
         Some(Self {
             open,
+            digest,
             key: Key(key),
             fingerprint: Fingerprint(fingerprint),
             at_ms: u64::from_le_bytes(at),
@@ -150,10 +161,17 @@ pub struct Recovered {
     /// Keys in doubt let go because `hash.key` could not be read: they were hashed under a secret
     /// that is lost, so no retry could find them.
     pub unkeyed: u64,
+    /// Keys in doubt that are SHA-256 digests, as an earlier version wrote them: their retries are
+    /// looked up by digest until `digests_until`.
+    pub digests: u64,
+    /// One TTL after the newest of those keys was opened: the end of the digests' window.
+    pub digests_until: Option<SystemTime>,
 }
 
 /// Keys open now, with their fingerprint and when (ms since the epoch) they were opened.
 type Live = HashMap<Key, (Fingerprint, u64), BuildHasherDefault<DigestHasher>>;
+/// Keys that are SHA-256 digests, as an earlier version wrote them.
+type Digests = HashSet<Key, BuildHasherDefault<DigestHasher>>;
 
 #[derive(Debug)]
 struct Inner {
@@ -162,6 +180,8 @@ struct Inner {
     live: Live,
     /// Records in the file: the next one goes at this index.
     records: u64,
+    /// The keys that are digests (an earlier version's), whose records say so.
+    digests: Digests,
     /// A spare file was asked of the preparer for the next rewrite, and not yet used.
     asked: bool,
     /// After a rewrite failed: when the next may be tried, and the wait after that one.
@@ -250,8 +270,10 @@ pub struct Journal {
     /// Holds the directory's lock ([`LOCK_FILE_NAME`]) for as long as the journal lives.
     _lock: File,
     path: PathBuf,
-    /// The directory's secret; `None` for a journal of digests (an earlier version's).
-    secret: Option<[u8; SECRET_LEN]>,
+    /// The directory's secret.
+    secret: [u8; SECRET_LEN],
+    /// The end of the window in which keys that are digests are still recognised.
+    digests_until: Option<SystemTime>,
     ttl: Duration,
     capacity: usize,
     inner: Mutex<Inner>,
@@ -280,25 +302,38 @@ impl Journal {
         fs::create_dir_all(dir)?;
         let lock = lock(dir)?;
         let path = dir.join(FILE_NAME);
-        let (live, mut recovered) = read(&path, ttl)?;
+        let (live, mut recovered, mut digests) = read(&path, ttl)?;
         let mut live: Vec<_> = live.into_iter().collect();
         live.sort_by_key(|(_, (_, at))| *at);
         let excess = live.len().saturating_sub(capacity);
         recovered.expired += excess as u64;
         let mut live: Live = live.into_iter().skip(excess).collect();
         let secret = match read_secret(&dir.join(KEY_FILE_NAME))? {
-            Secret::Kept(secret) => Some(secret),
-            // An earlier version's journal: its keys are digests, and stay so while some are live.
-            Secret::Missing if !live.is_empty() => None,
-            Secret::Missing => Some(draw_secret(dir)?),
+            Secret::Kept(secret) => secret,
+            // An earlier version's journal: its keys are digests. They are recognised for one TTL
+            // after the newest of them; every key from now on is hashed under the secret.
+            Secret::Missing => {
+                digests.extend(live.keys());
+                draw_secret(dir)?
+            }
             Secret::Unreadable => {
-                recovered.unkeyed = live.len() as u64;
-                live.clear();
-                Some(draw_secret(dir)?)
+                let before = live.len();
+                live.retain(|key, _| digests.contains(key));
+                recovered.unkeyed = (before - live.len()) as u64;
+                draw_secret(dir)?
             }
         };
+        digests.retain(|key| live.contains_key(key));
+        let newest = digests
+            .iter()
+            .filter_map(|k| live.get(k))
+            .map(|(_, at)| *at)
+            .max();
+        let digests_until = newest.map(|at| UNIX_EPOCH + Duration::from_millis(at) + ttl);
+        recovered.digests = digests.len() as u64;
+        recovered.digests_until = digests_until;
         remove_spares(dir);
-        let map = rewrite(&path, &live)?;
+        let map = rewrite(&path, &live, &digests)?;
         let mut in_doubt: Vec<_> = live.iter().map(|(k, (f, at))| (*at, *k, *f)).collect();
         in_doubt.sort_by_key(|(at, key, _)| (*at, key.0));
         recovered.in_doubt = in_doubt.into_iter().map(|(_, k, f)| (k, f)).collect();
@@ -307,12 +342,14 @@ impl Journal {
             _lock: lock,
             path,
             secret,
+            digests_until,
             ttl,
             capacity,
             inner: Mutex::new(Inner {
                 map: Some(map),
                 live,
                 records,
+                digests,
                 asked: false,
                 retry: None,
             }),
@@ -324,22 +361,29 @@ impl Journal {
     }
 
     /// How the keys and fingerprints of this journal are computed: SipHash under the directory's
-    /// secret, or `None` for SHA-256 digests ([`Key::new`], [`Fingerprint::of`]), which a journal
-    /// of an earlier version still holds.
-    pub fn hashing(&self) -> Option<Local> {
-        self.secret.map(Local::with_secret)
+    /// secret.
+    pub fn hashing(&self) -> Local {
+        Local::with_secret(self.secret)
+    }
+
+    /// Until when keys that are SHA-256 digests ([`Key::new`], [`Fingerprint::of`]), which a
+    /// journal of an earlier version holds, are recognised: one TTL after the newest of them was
+    /// opened. `None`: it holds none.
+    pub fn digests_until(&self) -> Option<SystemTime> {
+        self.digests_until
     }
 
     /// Records that an attempt for `key` is about to be sent: in the kernel's hands when this
     /// returns.
     pub fn opened(&self, key: Key, fingerprint: Fingerprint) -> io::Result<()> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let record = Record {
             open: true,
+            digest: inner.digests.contains(&key),
             key,
             fingerprint,
             at_ms: now_ms(),
         };
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.live.insert(key, (fingerprint, record.at_ms));
         self.append(&mut inner, &record)
     }
@@ -361,6 +405,7 @@ impl Journal {
         };
         let record = Record {
             open: false,
+            digest: false,
             key,
             fingerprint,
             at_ms: now_ms(),
@@ -417,8 +462,8 @@ impl Journal {
             .take()
             .filter(|s| s.room >= room_for(inner.live.len()));
         let rewritten = match spare {
-            Some(spare) => put_spare(spare, &self.path, &inner.live),
-            None => rewrite(&self.path, &inner.live),
+            Some(spare) => put_spare(spare, &self.path, &inner.live, &inner.digests),
+            None => rewrite(&self.path, &inner.live, &inner.digests),
         };
         match rewritten {
             Ok(map) => {
@@ -519,15 +564,16 @@ fn put_secret(dir: &Path) -> io::Result<[u8; SECRET_LEN]> {
 }
 
 /// Reads the records, skipping those torn or damaged: the keys left open within `ttl`.
-fn read(path: &Path, ttl: Duration) -> io::Result<(Live, Recovered)> {
+fn read(path: &Path, ttl: Duration) -> io::Result<(Live, Recovered, Digests)> {
     let mut recovered = Recovered::default();
     let mut live = Live::default();
+    let mut digests = Digests::default();
     let mut bytes = Vec::new();
     match File::open(path) {
         Ok(mut file) => {
             file.read_to_end(&mut bytes)?;
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((live, recovered)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((live, recovered, digests)),
         Err(e) => return Err(e),
     }
     for chunk in bytes.chunks(RECORD_LEN) {
@@ -543,6 +589,9 @@ fn read(path: &Path, ttl: Duration) -> io::Result<(Live, Recovered)> {
         recovered.records += 1;
         if record.open {
             live.insert(record.key, (record.fingerprint, record.at_ms));
+            if record.digest {
+                digests.insert(record.key);
+            }
         } else {
             live.remove(&record.key);
         }
@@ -551,7 +600,7 @@ fn read(path: &Path, ttl: Duration) -> io::Result<(Live, Recovered)> {
     let before = live.len();
     live.retain(|_, (_, at)| *at >= horizon);
     recovered.expired = (before - live.len()) as u64;
-    Ok((live, recovered))
+    Ok((live, recovered, digests))
 }
 
 /// The room a file gets for `live` keys: [`ROOM_PER_KEY`] records per key, at least
@@ -560,12 +609,13 @@ fn room_for(live: usize) -> u64 {
     COMPACT_MIN.max(ROOM_PER_KEY * live as u64)
 }
 
-/// The records that open each live key.
-fn live_records(live: &Live) -> Vec<u8> {
+/// The records that open each live key (saying which are `digests`).
+fn live_records(live: &Live, digests: &Digests) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(live.len() * RECORD_LEN);
     for (key, (fingerprint, at_ms)) in live {
         let record = Record {
             open: true,
+            digest: digests.contains(key),
             key: *key,
             fingerprint: *fingerprint,
             at_ms: *at_ms,
@@ -577,8 +627,8 @@ fn live_records(live: &Live) -> Vec<u8> {
 
 /// Copies the live keys into a spare made ahead (its room reads as zeros) and puts it in place
 /// of the journal: a copy and a rename, no file to make or reserve.
-fn put_spare(mut spare: Spare, path: &Path, live: &Live) -> io::Result<MmapMut> {
-    let bytes = live_records(live);
+fn put_spare(mut spare: Spare, path: &Path, live: &Live, digests: &Digests) -> io::Result<MmapMut> {
+    let bytes = live_records(live, digests);
     spare.map[..bytes.len()].copy_from_slice(&bytes);
     fs::rename(&spare.path, path)?;
     Ok(spare.map)
@@ -598,9 +648,9 @@ fn remove_spares(dir: &Path) {
 
 /// Writes the live keys to a new file, with room for [`ROOM_PER_KEY`] records per key (and at
 /// least [`COMPACT_MIN`]) that reads as zeros, puts it in place of the journal and maps it.
-fn rewrite(path: &Path, live: &Live) -> io::Result<MmapMut> {
+fn rewrite(path: &Path, live: &Live, digests: &Digests) -> io::Result<MmapMut> {
     let room = room_for(live.len()) as usize;
-    let bytes = live_records(live);
+    let bytes = live_records(live, digests);
     let fresh = path.with_extension("journal.new");
     let mut file = OpenOptions::new()
         .read(true)

@@ -132,8 +132,8 @@ fn records_of_earlier_versions_are_read_and_rewritten_as_current_ones() {
     std::fs::write(&path, [record(1), record(2)].concat()).unwrap();
     let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
     assert!(
-        journal.hashing().is_none(),
-        "its keys are digests, and so are those of retries"
+        journal.digests_until().is_some(),
+        "its keys are digests, recognised for a while"
     );
     let mut in_doubt = recovered.in_doubt.clone();
     in_doubt.sort_by_key(|(_, f)| f.0);
@@ -144,6 +144,7 @@ fn records_of_earlier_versions_are_read_and_rewritten_as_current_ones() {
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes[73..RECORD_LEN], checksum(&bytes[..73]));
     assert!(bytes[17..33].iter().chain(&bytes[49..65]).all(|b| *b == 0));
+    assert_eq!(bytes[0], OPEN_DIGEST, "and said to be digests");
 }
 
 #[test]
@@ -195,12 +196,14 @@ fn keys_older_than_the_ttl_are_not_read_back() {
     std::fs::create_dir_all(&d.0).unwrap();
     let old = Record {
         open: true,
+        digest: false,
         key: key(1),
         fingerprint: fp(1),
         at_ms: now_ms() - 901_000,
     };
     let fresh = Record {
         open: true,
+        digest: false,
         key: key(2),
         fingerprint: fp(2),
         at_ms: now_ms() - 5_000,
@@ -462,7 +465,7 @@ fn zeros_fill_a_file_up_to_its_room_where_blocks_cannot_be_reserved() {
 
 /// The keys a journal's hashing gives for a few ids, to compare two hashings by.
 fn keys_under(journal: &Journal) -> Option<Vec<Key>> {
-    let local = journal.hashing()?;
+    let local = journal.hashing();
     Some(
         (0..3)
             .map(|n| Key::local("acct", uuid::Uuid::from_u128(n), &local))
@@ -497,30 +500,61 @@ fn a_directory_keeps_the_secret_its_keys_are_hashed_under() {
 }
 
 #[test]
-fn a_journal_of_digests_keeps_them_until_a_start_finds_none_in_doubt() {
+fn a_journal_of_digests_gets_a_secret_at_once_and_recognises_its_digests_for_one_ttl() {
     let d = two_left_open();
     // As an earlier version leaves a directory: the journal, and no secret.
     std::fs::remove_file(d.0.join(KEY_FILE_NAME)).unwrap();
     let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
     assert_eq!(recovered.in_doubt.len(), 2);
+    assert_eq!(recovered.digests, 2);
     assert!(
-        journal.hashing().is_none(),
-        "digests, as the keys in doubt were written"
+        d.0.join(KEY_FILE_NAME).exists(),
+        "a secret for every key from now on"
     );
-    assert!(!d.0.join(KEY_FILE_NAME).exists());
+    let until = journal.digests_until().expect("a window for the digests");
+    let window = until.duration_since(SystemTime::now()).unwrap();
+    assert!(
+        window <= TTL && window > TTL - Duration::from_secs(60),
+        "{window:?}"
+    );
+    assert_eq!(recovered.digests_until, Some(until));
+    // A new key is keyed; a retry of a digest's id opens the digest again, still said to be one.
+    journal.opened(key(9), fp(9)).unwrap();
     journal.closed(key(1)).unwrap();
+    journal.opened(key(1), fp(1)).unwrap();
     drop(journal);
-    // One key still in doubt: still digests.
     let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
-    assert_eq!(recovered.in_doubt, vec![(key(2), fp(2))]);
-    assert!(journal.hashing().is_none());
+    assert_eq!(recovered.in_doubt.len(), 3);
+    assert_eq!(recovered.digests, 2, "the restart knows which keys are digests");
+    assert!(journal.digests_until().is_some());
+    journal.closed(key(1)).unwrap();
     journal.closed(key(2)).unwrap();
     drop(journal);
-    // None in doubt: the directory gets its secret.
+    // No digest in doubt: no window.
     let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
-    assert!(recovered.in_doubt.is_empty());
-    assert!(journal.hashing().is_some());
-    assert!(d.0.join(KEY_FILE_NAME).exists());
+    assert_eq!((recovered.in_doubt.len(), recovered.digests), (1, 0));
+    assert!(journal.digests_until().is_none());
+}
+
+#[test]
+fn digests_older_than_the_ttl_end_their_window() {
+    let d = dir();
+    std::fs::create_dir_all(&d.0).unwrap();
+    let record = |n: u128, age_ms: u64| Record {
+        open: true,
+        digest: true,
+        key: key(n),
+        fingerprint: fp(n as u8),
+        at_ms: now_ms() - age_ms,
+    };
+    let old = record(1, TTL.as_millis() as u64 + 1_000);
+    let newer = record(2, 60_000);
+    std::fs::write(d.0.join(FILE_NAME), [old.encode(), newer.encode()].concat()).unwrap();
+    let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
+    assert_eq!(recovered.in_doubt, vec![(key(2), fp(2))]);
+    let until = journal.digests_until().unwrap();
+    let expected = UNIX_EPOCH + Duration::from_millis(newer.at_ms) + TTL;
+    assert_eq!(until, expected, "one TTL after the newest digest");
 }
 
 #[test]
@@ -531,7 +565,6 @@ fn an_unreadable_secret_lets_go_of_the_keys_under_it_and_never_stops_the_start()
         let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
         assert_eq!(recovered.unkeyed, 2);
         assert!(recovered.in_doubt.is_empty());
-        assert!(journal.hashing().is_some());
         assert_eq!(journal.records(), 0);
         assert_eq!(std::fs::read(d.0.join(KEY_FILE_NAME)).unwrap().len(), SECRET_LEN);
         drop(journal);

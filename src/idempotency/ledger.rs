@@ -440,6 +440,13 @@ impl<V: Keep, E> Shared<V, E> {
         shard.running.get_mut(&key).filter(|r| r.call == call).map(change)
     }
 
+    /// Whether `key` has an entry: a call running, or a settled entry alive.
+    fn holds(&self, key: &Key) -> bool {
+        let now = self.now();
+        let shard = self.shard(key);
+        shard.running.contains_key(key) || shard.get(key).is_some_and(|r| r.expires > now)
+    }
+
     /// Leaves `key` in doubt (replacing a marker there, never a kept answer or another call's
     /// run).
     fn mark(&self, key: Key, fingerprint: Fingerprint) {
@@ -493,8 +500,11 @@ impl<V: Keep + Send + 'static, E: Send + Sync + 'static> Track for Ledger<V, E> 
 pub struct Ledger<V: Keep, E> {
     shared: Shared<V, E>,
     journal: Option<Journal>,
-    /// What keys and fingerprints are hashed under: `None` for SHA-256 digests.
-    local: Option<Local>,
+    /// What keys and fingerprints are hashed under.
+    local: Local,
+    /// Until when a call may be one whose key is a SHA-256 digest, as a journal of an earlier
+    /// version holds them (see [`Ledger::identify`]).
+    digests_until: Option<Instant>,
 }
 
 impl<V: Keep, E> std::fmt::Debug for Ledger<V, E> {
@@ -606,15 +616,27 @@ where
         Self {
             shared,
             journal: None,
-            local: Some(Local::new()),
+            local: Local::new(),
+            digests_until: None,
         }
     }
 
     /// The key and fingerprint of a call as this ledger keeps them: SipHash under this process's
     /// own secret, or with a journal under its directory's, so that a restarted gateway finds the
-    /// markers the one before it left (SHA-256 digests for a journal of an earlier version).
+    /// markers the one before it left. Within one TTL of the newest key a journal of an earlier
+    /// version left (SHA-256 digests, which any caller can compute), a call whose digest this
+    /// ledger holds (in doubt, running, or answered) is known by its digest instead; after it,
+    /// digests are never computed.
     pub fn identify(&self, request: &CreateUserRequest, request_id: Uuid) -> (Key, Fingerprint) {
-        super::identify(request, request_id, self.local.as_ref())
+        if let Some(until) = self.digests_until
+            && Instant::now() < until
+        {
+            let digest = super::identify(request, request_id, None);
+            if self.shared.holds(&digest.0) {
+                return digest;
+            }
+        }
+        super::identify(request, request_id, Some(&self.local))
     }
 
     /// Keeps the in-doubt markers in `journal` too, starting from the keys it recovered, so that
@@ -624,6 +646,12 @@ where
             self.shared.mark(*key, *fingerprint);
         }
         self.local = journal.hashing();
+        self.digests_until = journal.digests_until().map(|until| {
+            let left = until
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            Instant::now() + left
+        });
         self.journal = Some(journal);
     }
 

@@ -17,7 +17,8 @@
 //! call's first attempt leaves, so that a restarted process still knows them. Keys and
 //! fingerprints are SipHash under a secret ([`Local`]): the process's own, or with `--state-dir`
 //! the directory's, so that every process using it computes the same ones. A journal of an
-//! earlier version holds SHA-256 digests, which are still computed while it has keys in doubt.
+//! earlier version holds SHA-256 digests, which any caller can compute: they are recognised for
+//! one TTL after the newest of them, and never computed after.
 //!
 //! Owns keys, fingerprints, what is kept and for how long; knows nothing of HTTP, gRPC statuses
 //! or the upstream. Never sees an email in clear beyond hashing it.

@@ -322,11 +322,44 @@ fn a_ledger_identifies_calls_by_its_own_secret_or_its_journals() {
     drop(journal);
     std::fs::remove_file(dir.join(journal::KEY_FILE_NAME)).unwrap();
     let l = with_journal();
+    let digest = (Key::new("acct", id), Fingerprint::of(&call));
     assert_eq!(
         l.identify(&call, id),
-        (Key::new("acct", id), Fingerprint::of(&call))
+        digest,
+        "the id left in doubt, by its digest"
     );
-    assert!(l.in_doubt(&Key::new("acct", id)));
+    assert!(l.in_doubt(&digest.0));
+    let other = uuid::Uuid::from_u128(77);
+    assert_ne!(
+        l.identify(&call, other).0,
+        Key::new("acct", other),
+        "any other id is keyed"
+    );
+    drop(l);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// The digests' window ends one TTL after the newest of them: from then on, even an id whose digest
+// is held is known by its keyed hash, and no digest is computed.
+#[tokio::test(start_paused = true)]
+async fn digests_are_recognised_only_until_their_window_ends() {
+    let dir = std::env::temp_dir().join(format!("chime-ledger-{}", uuid::Uuid::new_v4()));
+    let ttl = Duration::from_secs(60);
+    let call = request("a@x.io");
+    let id = uuid::Uuid::from_u128(5);
+    let digest = (Key::new("acct", id), Fingerprint::of(&call));
+    let (journal, _) = Journal::open(&dir, ttl, 100).unwrap();
+    journal.opened(digest.0, digest.1).unwrap();
+    drop(journal);
+    std::fs::remove_file(dir.join(journal::KEY_FILE_NAME)).unwrap();
+    let (journal, recovered) = Journal::open(&dir, ttl, 100).unwrap();
+    let mut l = L::new(Duration::from_secs(3600), 100);
+    l.attach_journal(journal, &recovered.in_doubt);
+    assert_eq!(l.identify(&call, id), digest);
+    tokio::time::advance(ttl).await;
+    assert_ne!(l.identify(&call, id), digest, "the window is over");
+    assert!(l.in_doubt(&digest.0), "though the marker itself lives on");
+    drop(l);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
