@@ -293,9 +293,9 @@ async fn a_damaged_journal_record_is_skipped_logged_and_counted() {
     let dir = std::env::temp_dir().join(format!("chime-state-{}", uuid::Uuid::new_v4()));
     let (journal, _) = Journal::open(&dir, Duration::from_secs(900), 100).unwrap();
     for n in 1..=3u128 {
-        let key = Key::new(DEMO_ACCOUNT_ID, uuid::Uuid::from_u128(n));
+        let key = Key::digest(DEMO_ACCOUNT_ID, uuid::Uuid::from_u128(n));
         journal
-            .opened(key, Fingerprint::of(&CreateUserRequest::default()))
+            .opened(key, Fingerprint::digest(&CreateUserRequest::default()))
             .unwrap();
     }
     drop(journal);
@@ -375,8 +375,8 @@ async fn a_state_dir_whose_secret_is_damaged_starts_and_says_what_was_lost() {
         account_id: DEMO_ACCOUNT_ID.into(),
         ..Default::default()
     };
-    let key = Key::new(DEMO_ACCOUNT_ID, uuid::Uuid::from_u128(1));
-    journal.opened(key, Fingerprint::of(&request)).unwrap();
+    let key = Key::digest(DEMO_ACCOUNT_ID, uuid::Uuid::from_u128(1));
+    journal.opened(key, Fingerprint::digest(&request)).unwrap();
     drop(journal);
     std::fs::write(dir.join(KEY_FILE_NAME), b"cut short").unwrap();
     let (child, _) = start_emulated(

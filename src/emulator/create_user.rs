@@ -6,9 +6,8 @@ use time::OffsetDateTime;
 
 use super::{
     Shared,
-    routes::{bad_request, unknown_account},
     state::{Refusal, StoredUser},
-    wire::{self, Body, CreateUserBody, NewUser},
+    wire::{self, Body, CreateUserBody, NewUser, bad_request, unknown_account},
 };
 use crate::validate::{ACCOUNT_ID, ACCOUNT_ID_PATTERN, EMAIL, EMAIL_PATTERN};
 

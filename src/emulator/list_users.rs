@@ -9,9 +9,8 @@ use http::{Response, StatusCode};
 
 use super::{
     Shared,
-    routes::{bad_request, unknown_account},
     state::{Refusal, UserFilter},
-    wire::{self, Body, ListUsersQuery, NewUser},
+    wire::{self, Body, ListUsersQuery, NewUser, bad_request, unknown_account},
 };
 use crate::validate::{EMAIL, EMAIL_PATTERN};
 

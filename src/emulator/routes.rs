@@ -236,23 +236,3 @@ pub(crate) fn route(parts: &Parts) -> Option<(Operation, String)> {
         percent_decode_str(account).decode_utf8_lossy().into_owned(),
     ))
 }
-
-/// A 400 `BadRequestException`, as the model's validation answers.
-pub(crate) fn bad_request(message: &str) -> Response<Body> {
-    wire::chime_error(
-        StatusCode::BAD_REQUEST,
-        "BadRequestException",
-        "BadRequest",
-        message,
-    )
-}
-
-/// A 404 `NotFoundException` for an account that does not exist.
-pub(crate) fn unknown_account(account_id: &str) -> Response<Body> {
-    wire::chime_error(
-        StatusCode::NOT_FOUND,
-        "NotFoundException",
-        "NotFound",
-        &format!("The account {account_id} was not found."),
-    )
-}

@@ -204,6 +204,26 @@ pub fn code_of_type(error_type: &str) -> &str {
     }
 }
 
+/// A 400 `BadRequestException`, as the model's validation answers.
+pub fn bad_request(message: &str) -> Response<Body> {
+    chime_error(
+        StatusCode::BAD_REQUEST,
+        "BadRequestException",
+        "BadRequest",
+        message,
+    )
+}
+
+/// A 404 `NotFoundException` for an account that does not exist.
+pub fn unknown_account(account_id: &str) -> Response<Body> {
+    chime_error(
+        StatusCode::NOT_FOUND,
+        "NotFoundException",
+        "NotFound",
+        &format!("The account {account_id} was not found."),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@
 //! one that wrote it, yet no caller may predict them (a caller that could would pick ids whose keys
 //! pile into one bucket of the ledger's maps). So the directory keeps a secret of its own,
 //! `hash.key`: 16 random bytes drawn when a directory is first used, under which both are SipHash
-//! ([`super::Local`]), as in a gateway without `--state-dir`. A journal written by an earlier
+//! ([`super::KeyedHasher`]), as in a gateway without `--state-dir`. A journal written by an earlier
 //! version, whose keys are SHA-256 digests and which has no `hash.key`, gets its secret at once:
 //! every key from then on is hashed under it, and the digests it holds are marked so (their
 //! records say so too) and recognised for one TTL after the newest of them, never after.
@@ -39,7 +39,7 @@ use std::{
 use memmap2::MmapMut;
 use sha2::{Digest, Sha256};
 
-use super::{DigestHasher, Fingerprint, Key, Local};
+use super::{DigestHasher, Fingerprint, Key, KeyedHasher};
 
 /// The file's name inside `--state-dir`.
 pub const FILE_NAME: &str = "in-doubt.journal";
@@ -76,7 +76,7 @@ const OPEN_DIGEST: u8 = 3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Record {
     open: bool,
-    /// The key is a digest ([`Key::new`]), as an earlier version wrote it.
+    /// The key is a digest ([`Key::digest`]), as an earlier version wrote it.
     digest: bool,
     key: Key,
     fingerprint: Fingerprint,
@@ -362,11 +362,11 @@ impl Journal {
 
     /// How the keys and fingerprints of this journal are computed: SipHash under the directory's
     /// secret.
-    pub fn hashing(&self) -> Local {
-        Local::with_secret(self.secret)
+    pub fn hashing(&self) -> KeyedHasher {
+        KeyedHasher::with_secret(self.secret)
     }
 
-    /// Until when keys that are SHA-256 digests ([`Key::new`], [`Fingerprint::of`]), which a
+    /// Until when keys that are SHA-256 digests ([`Key::digest`], [`Fingerprint::digest`]), which a
     /// journal of an earlier version holds, are recognised: one TTL after the newest of them was
     /// opened. `None`: it holds none.
     pub fn digests_until(&self) -> Option<SystemTime> {

@@ -3,7 +3,7 @@
 use super::*;
 
 fn key(n: u128) -> Key {
-    Key::new("acct", uuid::Uuid::from_u128(n))
+    Key::digest("acct", uuid::Uuid::from_u128(n))
 }
 
 fn fp(n: u8) -> Fingerprint {
@@ -468,7 +468,7 @@ fn keys_under(journal: &Journal) -> Option<Vec<Key>> {
     let local = journal.hashing();
     Some(
         (0..3)
-            .map(|n| Key::local("acct", uuid::Uuid::from_u128(n), &local))
+            .map(|n| Key::keyed("acct", uuid::Uuid::from_u128(n), &local))
             .collect(),
     )
 }

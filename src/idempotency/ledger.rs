@@ -14,9 +14,8 @@
 //! in flight) are in a map of their own, not counted: the gateway's concurrency limit bounds
 //! them.
 //!
-//! Kept small on purpose, because a busy gateway's other work (the SDK, hyper, h2) leaves the
-//! caches cold between one call's request-id work and the next, and each cache line the work
-//! touches is a wait: the table's slots are one number each, and a record is one cache line
+//! Kept small, since a busy gateway's other work leaves the caches cold between one call's
+//! request-id work and the next: the table's slots are one number each, and a record is one cache line
 //! (128-bit keys and fingerprints, its expiry in nanoseconds); records and answers are written at
 //! the back of their queues and let out at the front, in order, with no allocation of their own
 //! (an answer is written, under the shard's lock, into a buffer the shard reuses, while the lines
@@ -41,8 +40,8 @@ use tokio::{
 use uuid::Uuid;
 
 use super::{
-    DigestHasher, Ending, Fingerprint, Journal, Keep, Key, Local, Outcome, Progress, Track, WEIGHT_UNIT,
-    weight,
+    DigestHasher, Ending, Fingerprint, Journal, Keep, Key, KeyedHasher, Outcome, Progress, Track,
+    WEIGHT_UNIT, weight,
 };
 use crate::pb::chime::v1::CreateUserRequest;
 
@@ -52,10 +51,8 @@ const SHARD_MIN: u64 = 1024;
 const MAX_SHARDS: u64 = 16;
 /// Cores per shard: a gateway has a shard for every this many cores it may run on (at least one).
 /// A shard that every call visits stays in the caches of the cores between calls (its lock, its
-/// map of calls in flight, the backs of its queues, its buffer); one of eight, visited by every
-/// eighth call, does not, and on two cores eight shards cost a request id about 0.3 us more in
-/// those parts (profiled). Where calls do run on many cores at once, shards keep them from
-/// waiting on one lock.
+/// map of calls in flight, the backs of its queues, its buffer); where calls run on many cores at
+/// once, shards keep them from waiting on one lock.
 const CORES_PER_SHARD: usize = 4;
 /// How much of the answers' queue past its back is loaded ahead: a kept user is about 300 bytes.
 const PREFETCH_ANSWER: usize = 384;
@@ -501,7 +498,7 @@ pub struct Ledger<V: Keep, E> {
     shared: Shared<V, E>,
     journal: Option<Journal>,
     /// What keys and fingerprints are hashed under.
-    local: Local,
+    local: KeyedHasher,
     /// Until when a call may be one whose key is a SHA-256 digest, as a journal of an earlier
     /// version holds them (see [`Ledger::identify`]).
     digests_until: Option<Instant>,
@@ -616,7 +613,7 @@ where
         Self {
             shared,
             journal: None,
-            local: Local::new(),
+            local: KeyedHasher::new(),
             digests_until: None,
         }
     }

@@ -15,7 +15,7 @@
 //!
 //! With `--state-dir`, the in-doubt markers are also written to a journal (`journal`) before each
 //! call's first attempt leaves, so that a restarted process still knows them. Keys and
-//! fingerprints are SipHash under a secret ([`Local`]): the process's own, or with `--state-dir`
+//! fingerprints are SipHash under a secret ([`KeyedHasher`]): the process's own, or with `--state-dir`
 //! the directory's, so that every process using it computes the same ones. A journal of an
 //! earlier version holds SHA-256 digests, which any caller can compute: they are recognised for
 //! one TTL after the newest of them, and never computed after.
@@ -80,23 +80,23 @@ impl Key {
 
     /// The key of `request_id` in `account_id` as a SHA-256 digest, the same in every process:
     /// what a journal of an earlier version keeps.
-    pub fn new(account_id: &str, request_id: uuid::Uuid) -> Self {
+    pub fn digest(account_id: &str, request_id: uuid::Uuid) -> Self {
         let mut h = Sha256::new();
         key_input(&mut h, account_id, request_id);
         Self(first_half(h))
     }
 
-    /// The key of `request_id` in `account_id` under `local`'s secret (see [`Local`]).
-    pub fn local(account_id: &str, request_id: uuid::Uuid, local: &Local) -> Self {
+    /// The key of `request_id` in `account_id` under `local`'s secret (see [`KeyedHasher`]).
+    pub fn keyed(account_id: &str, request_id: uuid::Uuid, local: &KeyedHasher) -> Self {
         let mut h = local.0;
         key_input(&mut h, account_id, request_id);
         Self(h.finish128().as_bytes())
     }
 }
 
-fn key_input(h: &mut impl Absorb, account_id: &str, request_id: uuid::Uuid) {
+fn key_input(h: &mut impl HashInput, account_id: &str, request_id: uuid::Uuid) {
     field(h, Some(account_id.as_bytes()));
-    h.absorb(request_id.as_bytes());
+    h.take_in(request_id.as_bytes());
 }
 
 /// What a request asks for (account, email, username, user type), so a reused id is noticed
@@ -106,47 +106,47 @@ pub struct Fingerprint([u8; 16]);
 
 impl Fingerprint {
     /// The fingerprint of a request as a SHA-256 digest, the same in every process (see
-    /// [`Key::new`]); the request id itself is not part of it.
-    pub fn of(request: &CreateUserRequest) -> Self {
+    /// [`Key::digest`]); the request id itself is not part of it.
+    pub fn digest(request: &CreateUserRequest) -> Self {
         let mut h = Sha256::new();
         fingerprint_input(&mut h, request);
         Self(first_half(h))
     }
 
-    /// The fingerprint of a request under `local`'s secret (see [`Local`]).
-    pub fn local(request: &CreateUserRequest, local: &Local) -> Self {
+    /// The fingerprint of a request under `local`'s secret (see [`KeyedHasher`]).
+    pub fn keyed(request: &CreateUserRequest, local: &KeyedHasher) -> Self {
         let mut h = local.0;
         fingerprint_input(&mut h, request);
         Self(h.finish128().as_bytes())
     }
 }
 
-fn fingerprint_input(h: &mut impl Absorb, request: &CreateUserRequest) {
+fn fingerprint_input(h: &mut impl HashInput, request: &CreateUserRequest) {
     field(h, Some(request.account_id.as_bytes()));
     fingerprint_rest(h, request);
 }
 
 /// What a fingerprint takes in after the account.
-fn fingerprint_rest(h: &mut impl Absorb, request: &CreateUserRequest) {
+fn fingerprint_rest(h: &mut impl HashInput, request: &CreateUserRequest) {
     field(h, request.email.as_deref().map(str::as_bytes));
     field(h, request.username.as_deref().map(str::as_bytes));
-    h.absorb(&request.user_type.to_be_bytes());
+    h.take_in(&request.user_type.to_be_bytes());
 }
 
-/// A call's key and fingerprint: [`Key::new`] and [`Fingerprint::of`] without `local`,
-/// [`Key::local`] and [`Fingerprint::local`] with it. Both begin with the account, so it is taken in
+/// A call's key and fingerprint: [`Key::digest`] and [`Fingerprint::digest`] without `local`,
+/// [`Key::keyed`] and [`Fingerprint::keyed`] with it. Both begin with the account, so it is taken in
 /// once, and the hash's state after it copied for the key.
 fn identify(
     request: &CreateUserRequest,
     request_id: uuid::Uuid,
-    local: Option<&Local>,
+    local: Option<&KeyedHasher>,
 ) -> (Key, Fingerprint) {
     /// The hash of the key and the hash of the fingerprint, from one state that took in the
     /// account.
-    fn split<H: Absorb + Clone>(mut h: H, request: &CreateUserRequest, request_id: uuid::Uuid) -> (H, H) {
+    fn split<H: HashInput + Clone>(mut h: H, request: &CreateUserRequest, request_id: uuid::Uuid) -> (H, H) {
         field(&mut h, Some(request.account_id.as_bytes()));
         let mut key = h.clone();
-        key.absorb(request_id.as_bytes());
+        key.take_in(request_id.as_bytes());
         fingerprint_rest(&mut h, request);
         (key, h)
     }
@@ -171,9 +171,9 @@ fn identify(
 /// another call's has, or ids whose keys fall in one bucket of a map; about a third of two
 /// SHA-256 digests' cost.
 #[derive(Clone, Copy)]
-pub struct Local(SipHasher13);
+pub struct KeyedHasher(SipHasher13);
 
-impl Local {
+impl KeyedHasher {
     /// Hashing under a fresh random key.
     pub fn new() -> Self {
         Self::with_secret(rand::random())
@@ -186,31 +186,31 @@ impl Local {
     }
 }
 
-impl Default for Local {
+impl Default for KeyedHasher {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl std::fmt::Debug for Local {
+impl std::fmt::Debug for KeyedHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Local(..)")
+        f.write_str("KeyedHasher(..)")
     }
 }
 
 /// Takes in the bytes a key or fingerprint is computed from, the same for either function.
-trait Absorb {
-    fn absorb(&mut self, bytes: &[u8]);
+trait HashInput {
+    fn take_in(&mut self, bytes: &[u8]);
 }
 
-impl Absorb for Sha256 {
-    fn absorb(&mut self, bytes: &[u8]) {
+impl HashInput for Sha256 {
+    fn take_in(&mut self, bytes: &[u8]) {
         self.update(bytes);
     }
 }
 
-impl Absorb for SipHasher13 {
-    fn absorb(&mut self, bytes: &[u8]) {
+impl HashInput for SipHasher13 {
+    fn take_in(&mut self, bytes: &[u8]) {
         self.write(bytes);
     }
 }
@@ -224,13 +224,13 @@ fn first_half(h: Sha256) -> [u8; 16] {
 }
 
 /// Takes in a field with its presence and length, so no two requests share an input.
-fn field(h: &mut impl Absorb, value: Option<&[u8]>) {
+fn field(h: &mut impl HashInput, value: Option<&[u8]>) {
     match value {
-        None => h.absorb(&[0]),
+        None => h.take_in(&[0]),
         Some(v) => {
-            h.absorb(&[1]);
-            h.absorb(&(v.len() as u64).to_be_bytes());
-            h.absorb(v);
+            h.take_in(&[1]);
+            h.take_in(&(v.len() as u64).to_be_bytes());
+            h.take_in(v);
         }
     }
 }

@@ -32,7 +32,7 @@ fn ledger() -> L {
 }
 
 fn key(n: u128) -> Key {
-    Key::new("acct", uuid::Uuid::from_u128(n))
+    Key::digest("acct", uuid::Uuid::from_u128(n))
 }
 
 fn request(email: &str) -> CreateUserRequest {
@@ -44,7 +44,7 @@ fn request(email: &str) -> CreateUserRequest {
 }
 
 fn fp(email: &str) -> Fingerprint {
-    Fingerprint::of(&request(email))
+    Fingerprint::digest(&request(email))
 }
 
 /// Runs one call that answers `ending` and counts that it ran.
@@ -90,7 +90,7 @@ async fn another_id_or_another_account_is_another_call() {
     let (l, runs) = (ledger(), AtomicU32::new(0));
     run(&l, key(1), fp("a@x.io"), &runs, final_answer("1")).await;
     run(&l, key(2), fp("a@x.io"), &runs, final_answer("2")).await;
-    let other_account = Key::new("acct2", uuid::Uuid::from_u128(1));
+    let other_account = Key::digest("acct2", uuid::Uuid::from_u128(1));
     run(&l, other_account, fp("a@x.io"), &runs, final_answer("3")).await;
     assert_eq!(runs.load(Ordering::SeqCst), 3);
 }
@@ -261,17 +261,17 @@ fn fingerprints_tell_every_field_and_its_presence_apart() {
             ..base.clone()
         },
     ];
-    let local = Local::new();
-    let local = |r: &CreateUserRequest| Fingerprint::local(r, &local);
+    let local = KeyedHasher::new();
+    let local = |r: &CreateUserRequest| Fingerprint::keyed(r, &local);
     for v in &variants {
-        assert_ne!(Fingerprint::of(v), Fingerprint::of(&base), "{v:?}");
+        assert_ne!(Fingerprint::digest(v), Fingerprint::digest(&base), "{v:?}");
         assert_ne!(local(v), local(&base), "{v:?}");
     }
     let other_id = CreateUserRequest {
         request_id: String::new(),
         ..base.clone()
     };
-    assert_eq!(Fingerprint::of(&other_id), Fingerprint::of(&base));
+    assert_eq!(Fingerprint::digest(&other_id), Fingerprint::digest(&base));
     assert_eq!(local(&other_id), local(&base));
 }
 
@@ -285,8 +285,8 @@ fn a_ledger_identifies_calls_by_its_own_secret_or_its_journals() {
     let (l, other) = (ledger(), ledger());
     let (key, fingerprint) = l.identify(&call, id);
     assert_eq!(l.identify(&call, id), (key, fingerprint));
-    assert_ne!(key, Key::new("acct", id));
-    assert_ne!(fingerprint, Fingerprint::of(&call));
+    assert_ne!(key, Key::digest("acct", id));
+    assert_ne!(fingerprint, Fingerprint::digest(&call));
     assert_ne!(other.identify(&call, id).0, key);
     assert_ne!(other.identify(&call, id).1, fingerprint);
     let other_account = CreateUserRequest {
@@ -295,7 +295,7 @@ fn a_ledger_identifies_calls_by_its_own_secret_or_its_journals() {
     };
     assert_ne!(l.identify(&other_account, id).0, key);
     assert_ne!(l.identify(&call, uuid::Uuid::from_u128(2)).0, key);
-    assert_eq!(format!("{:?}", Local::new()), "Local(..)");
+    assert_eq!(format!("{:?}", KeyedHasher::new()), "KeyedHasher(..)");
 
     let dir = std::env::temp_dir().join(format!("chime-ledger-{}", uuid::Uuid::new_v4()));
     let ttl = Duration::from_secs(60);
@@ -312,17 +312,17 @@ fn a_ledger_identifies_calls_by_its_own_secret_or_its_journals() {
         "one directory, one secret"
     );
     assert_ne!(keyed, (key, fingerprint));
-    assert_ne!(keyed, (Key::new("acct", id), Fingerprint::of(&call)));
+    assert_ne!(keyed, (Key::digest("acct", id), Fingerprint::digest(&call)));
     // An earlier version's directory: a key in doubt, and no secret.
     std::fs::remove_dir_all(&dir).unwrap();
     let (journal, _) = Journal::open(&dir, ttl, 100).unwrap();
     journal
-        .opened(Key::new("acct", id), Fingerprint::of(&call))
+        .opened(Key::digest("acct", id), Fingerprint::digest(&call))
         .unwrap();
     drop(journal);
     std::fs::remove_file(dir.join(journal::KEY_FILE_NAME)).unwrap();
     let l = with_journal();
-    let digest = (Key::new("acct", id), Fingerprint::of(&call));
+    let digest = (Key::digest("acct", id), Fingerprint::digest(&call));
     assert_eq!(
         l.identify(&call, id),
         digest,
@@ -332,7 +332,7 @@ fn a_ledger_identifies_calls_by_its_own_secret_or_its_journals() {
     let other = uuid::Uuid::from_u128(77);
     assert_ne!(
         l.identify(&call, other).0,
-        Key::new("acct", other),
+        Key::digest("acct", other),
         "any other id is keyed"
     );
     drop(l);
@@ -347,7 +347,7 @@ async fn digests_are_recognised_only_until_their_window_ends() {
     let ttl = Duration::from_secs(60);
     let call = request("a@x.io");
     let id = uuid::Uuid::from_u128(5);
-    let digest = (Key::new("acct", id), Fingerprint::of(&call));
+    let digest = (Key::digest("acct", id), Fingerprint::digest(&call));
     let (journal, _) = Journal::open(&dir, ttl, 100).unwrap();
     journal.opened(digest.0, digest.1).unwrap();
     drop(journal);
@@ -367,7 +367,7 @@ async fn digests_are_recognised_only_until_their_window_ends() {
 // own, digests and this process's hashes alike, for requests with and without their optional fields.
 #[test]
 fn one_pass_over_the_account_gives_the_key_and_fingerprint_of_each_function() {
-    let local = Local::new();
+    let local = KeyedHasher::new();
     let full = CreateUserRequest {
         username: Some("someone".into()),
         user_type: 2,
@@ -382,12 +382,12 @@ fn one_pass_over_the_account_gives_the_key_and_fingerprint_of_each_function() {
             let account = call.account_id.as_str();
             assert_eq!(
                 identify(&call, id, None),
-                (Key::new(account, id), Fingerprint::of(&call)),
+                (Key::digest(account, id), Fingerprint::digest(&call)),
                 "{call:?}"
             );
             assert_eq!(
                 identify(&call, id, Some(&local)),
-                (Key::local(account, id, &local), Fingerprint::local(&call, &local)),
+                (Key::keyed(account, id, &local), Fingerprint::keyed(&call, &local)),
                 "{call:?}"
             );
         }

@@ -43,12 +43,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The gateway answers this long before the caller's deadline, so its DEADLINE_EXCEEDED (with
 /// details) reaches the caller, and tonic's transport timeout (which answers CANCELLED) never
-/// fires first, even when a busy process polls the call a few milliseconds late (5 ms was not
-/// always enough for a debug build on two loaded cores).
+/// fires first, even when a busy process polls the call a few milliseconds late.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 /// A call waits for a send slot only if the slot comes this long before its deadline: time for
-/// the request to be built, signed and answered. (Sends paced to the last few milliseconds of
-/// their calls made the soak's answers miss their deadlines on a loaded machine.)
+/// the request to be built, signed and answered.
 pub const SEND_MARGIN: Duration = Duration::from_millis(100);
 /// Response metadata set when the answer is an earlier call's, for the same request id.
 pub const REPLAYED_KEY: &str = "x-chime-gateway-replayed";
