@@ -351,7 +351,7 @@ fn mender(calls: u64, report: &mut Report) {
         f
     };
     let mut encoder = loona_hpack::Encoder::new();
-    let mut mender = Mender::default();
+    let mut mender = Mender::new(chime_gateway::server::ConnectionLimits::default().header_limits());
     let mut out = bytes::BytesMut::new();
     mender.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &mut out);
     let message = [0u8, 0, 0, 0, 70]
