@@ -484,3 +484,67 @@ async fn idle_connections_that_never_send(listener: Listener) {
         );
     }
 }
+
+/// SETTINGS_HEADER_TABLE_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_HEADER_LIST_SIZE.
+const HEADER_TABLE_SIZE: u16 = 0x1;
+const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+
+/// The limits set by flags are the ones the gateway advertises, on every listener; it never
+/// advertises a header table size, so clients keep the 4,096 bytes the mender decodes with.
+#[tokio::test]
+async fn the_gateway_advertises_the_limits_it_is_given() {
+    for listener in [Listener::Tcp, Listener::Unix, Listener::Tls] {
+        let args = [
+            "--http2-max-concurrent-streams",
+            "7",
+            "--http2-max-header-list-size",
+            "8192",
+        ];
+        let gw = Gateway::start(listener, "settings", &args).await;
+        let (tx, _) = oneshot::channel();
+        let answer = send_for(gw.target.clone(), opening(), tx, Duration::from_millis(300)).await;
+        let settings = |id: u16| answer.settings.iter().find(|(i, _)| *i == id).map(|(_, v)| *v);
+        assert_eq!(
+            settings(MAX_CONCURRENT_STREAMS),
+            Some(7),
+            "{listener:?}: {answer:?}"
+        );
+        assert_eq!(
+            settings(MAX_HEADER_LIST_SIZE),
+            Some(8192),
+            "{listener:?}: {answer:?}"
+        );
+        assert_eq!(settings(HEADER_TABLE_SIZE), None, "{listener:?}: {answer:?}");
+        assert_eq!(
+            chime_gateway::server::HEADER_TABLE_SIZE,
+            4096,
+            "the RFC 7541 default, which a server that advertises none leaves"
+        );
+    }
+}
+
+/// On the socket, the mender takes the cap from `--http2-max-header-list-size`: a request whose
+/// `:authority` is the socket's path is served under the cap, and refused by h2 (431) at it.
+#[tokio::test]
+async fn the_mender_follows_the_header_list_size_setting() {
+    let gw = Gateway::start(
+        Listener::Unix,
+        "mender-cap",
+        &["--http2-max-header-list-size", "8192"],
+    )
+    .await;
+    let Target::Unix(path) = &gw.target else {
+        unreachable!()
+    };
+    let authority = path.display().to_string().into_bytes();
+    for (size, status) in [(8191, 200), (8192, 431)] {
+        let mut fields = request_fields(&authority);
+        fields.push(pad_field(size - list_size(&fields)));
+        let mut bytes = opening();
+        bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &plain_block(&fields)));
+        let (tx, _) = oneshot::channel();
+        let answer = send_for(gw.target.clone(), bytes, tx, Duration::from_millis(500)).await;
+        assert_eq!(answer.http_statuses, [(1, status)], "{size}: {answer:?}");
+    }
+}

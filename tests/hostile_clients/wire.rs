@@ -122,6 +122,8 @@ pub struct Answer {
     pub grpc_statuses: Vec<(u32, u32)>,
     /// The `:status` of each stream answered with headers.
     pub http_statuses: Vec<(u32, u16)>,
+    /// The parameters of the SETTINGS frames it sent (not their acknowledgements).
+    pub settings: Vec<(u16, u32)>,
     /// It closed the connection (end of stream or a reset), and when.
     pub closed: Option<Instant>,
 }
@@ -175,6 +177,12 @@ impl Answer {
         match kind {
             GOAWAY if payload.len() >= 8 => self.goaway = Some(code(&payload[4..8])),
             RST_STREAM if payload.len() == 4 => self.resets.push((stream, code(payload))),
+            SETTINGS if flags & 0x1 == 0 => {
+                for p in payload.chunks_exact(6) {
+                    let value = u32::from_be_bytes([p[2], p[3], p[4], p[5]]);
+                    self.settings.push((u16::from_be_bytes([p[0], p[1]]), value));
+                }
+            }
             // The gateway never sends a block over one frame, nor padding or priority.
             HEADERS if flags & END_HEADERS != 0 => {
                 for (name, value) in decoder.decode(payload).unwrap() {
