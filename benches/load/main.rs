@@ -679,7 +679,14 @@ async fn overload(emulator: &str, seconds: Duration, report: &mut Report) {
 /// the default `--upstream-max-connections`, or with `connections`.
 async fn in_flight(emulator: &str, seconds: Duration, connections: Option<usize>, report: &mut Report) {
     let limit = connections.map(|n| n.to_string());
-    let mut args = vec!["--max-concurrency", "2048"];
+    // One connection carries the 1,000 calls: past the default stream limit of 256, the client
+    // would queue them instead.
+    let mut args = vec![
+        "--max-concurrency",
+        "2048",
+        "--http2-max-concurrent-streams",
+        "1024",
+    ];
     let (mut name, mut label) = (
         "in-flight-1000".to_owned(),
         "closed loop, 1000 concurrent".to_owned(),
