@@ -22,19 +22,20 @@
 //! entries of the client's table that h2 never saw, is written as a block that h2 counts at the
 //! cap. A block written is never larger than the cap.
 //!
-//! Knows HTTP/2 framing and HPACK; nothing of gRPC or Chime.
+//! This file reads the frames and decides; `hpack` decodes, counts and re-encodes a block;
+//! `stream` puts the mender on a connection. Knows HTTP/2 framing and HPACK; nothing of gRPC or
+//! Chime.
 
-use std::{
-    borrow::Cow,
-    io,
-    ops::Range,
-    pin::Pin,
-    task::{Context, Poll},
-};
+use std::{borrow::Cow, ops::Range};
 
-use bytes::{Buf, BufMut, BytesMut};
-use loona_hpack::{Decoder, encoder::encode_integer_into};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{BufMut, BytesMut};
+use loona_hpack::Decoder;
+
+use hpack::{Fields, decoder, oversize};
+pub use stream::Mended;
+
+mod hpack;
+mod stream;
 
 /// The client connection preface (RFC 9113 section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -48,9 +49,6 @@ const PRIORITY: u8 = 0x20;
 /// The frame size every HTTP/2 peer accepts (RFC 9113 section 4.2), and so the largest frame
 /// written here.
 const FRAME_MAX: usize = 16_384;
-/// What HTTP/2 adds to each field's name and value when it counts a header list (RFC 9113
-/// section 6.5.2).
-const FIELD_OVERHEAD: usize = 32;
 
 /// The limits h2 is given where the server is built (`server.rs`); the mender reads these, never
 /// its own.
@@ -131,14 +129,6 @@ impl std::fmt::Debug for Mender {
             .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
-}
-
-/// An HPACK decoder in the state of a new connection whose server advertised `limits`.
-fn decoder(limits: Limits) -> Decoder<'static> {
-    let mut decoder = Decoder::new();
-    decoder.set_max_allowed_table_size(limits.header_table_size);
-    decoder.set_max_table_size(limits.header_table_size);
-    decoder
 }
 
 impl Mender {
@@ -336,15 +326,6 @@ impl Mender {
     }
 }
 
-/// A header block that h2, with its own empty table, counts at the cap and so refuses (431 and
-/// REFUSED_STREAM), as it refuses over TCP the client's block it stands for: one-byte references
-/// to a static-table field.
-fn oversize(limits: Limits) -> Vec<u8> {
-    /// `accept-encoding: gzip, deflate` (RFC 7541 appendix A), which counts 60 bytes.
-    const FIELD: (u8, usize) = (0x80 | 16, 15 + 13 + FIELD_OVERHEAD);
-    vec![FIELD.0; limits.max_header_list_size.div_ceil(FIELD.1)]
-}
-
 /// The priority and where the HPACK piece lies in a HEADERS frame's payload; `None` when its
 /// padding or priority does not fit.
 fn headers_payload(flags: u8, payload: &[u8]) -> Option<(Option<[u8; 5]>, Range<usize>)> {
@@ -362,129 +343,6 @@ fn headers_payload(flags: u8, payload: &[u8]) -> Option<(Option<[u8; 5]>, Range<
     };
     let end = payload.len().checked_sub(pad)?;
     (start <= end).then_some((priority, start..end))
-}
-
-/// What decoding a header block found.
-#[derive(Debug, Default)]
-struct Fields {
-    /// The header list's size as HTTP/2 counts it.
-    size: usize,
-    /// It has an `:authority` h2 refuses.
-    bad_authority: bool,
-}
-
-impl Fields {
-    /// Decodes `fragment` and counts its fields, copying none; `None` when it does not decode.
-    fn count(decoder: &mut Decoder<'static>, fragment: &[u8], limits: Limits) -> Option<Self> {
-        Self::mend(decoder, fragment, limits, &mut Vec::new())
-    }
-
-    /// Decodes `fragment`, counting its fields, and appends to `encoded` each field but a bad
-    /// `:authority` as a literal that leaves h2's table alone, while the list stays under the cap
-    /// (past it, nothing more is written). `None` when the block does not decode.
-    fn mend(
-        decoder: &mut Decoder<'static>,
-        fragment: &[u8],
-        limits: Limits,
-        encoded: &mut Vec<u8>,
-    ) -> Option<Self> {
-        let mut never_indexed = NeverIndexed::new(fragment);
-        let mut fields = Self::default();
-        decoder
-            .decode_with_cb(fragment, |name, value| {
-                let never = never_indexed.next().unwrap_or(true);
-                fields.size += name.len() + value.len() + FIELD_OVERHEAD;
-                let bad = &*name == b":authority" && !acceptable(&value);
-                fields.bad_authority |= bad;
-                if !bad && fields.size < limits.max_header_list_size {
-                    encoded.push(if never { 0x10 } else { 0 });
-                    literal(&name, encoded);
-                    literal(&value, encoded);
-                }
-            })
-            .ok()?;
-        never_indexed.valid.then_some(fields)
-    }
-}
-
-/// Which fields of an HPACK block, in order, are never-indexed (RFC 7541 section 6.2.3): what
-/// the decoder's callback does not say. It walks the representations without decoding them.
-struct NeverIndexed<'a> {
-    rest: &'a [u8],
-    /// A field has been seen: a table size update may no longer come (RFC 7541 section 4.2).
-    field_seen: bool,
-    /// Nothing h2 would refuse has been found.
-    valid: bool,
-}
-
-impl<'a> NeverIndexed<'a> {
-    fn new(block: &'a [u8]) -> Self {
-        Self {
-            rest: block,
-            field_seen: false,
-            valid: true,
-        }
-    }
-
-    /// An HPACK integer with a prefix of `bits` bits (RFC 7541 section 5.1).
-    fn integer(&mut self, bits: u32) -> Option<usize> {
-        let (&first, rest) = self.rest.split_first()?;
-        self.rest = rest;
-        let max = (1usize << bits) - 1;
-        let mut value = usize::from(first) & max;
-        if value < max {
-            return Some(value);
-        }
-        for shift in (0..28).step_by(7) {
-            let (&byte, rest) = self.rest.split_first()?;
-            self.rest = rest;
-            value += usize::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    /// Skips a string literal (RFC 7541 section 5.2).
-    fn string(&mut self) -> Option<()> {
-        let len = self.integer(7)?;
-        self.rest = self.rest.get(len..)?;
-        Some(())
-    }
-
-    fn field(&mut self) -> Option<bool> {
-        loop {
-            let first = *self.rest.first()?;
-            if first & 0x80 != 0 {
-                self.integer(7)?;
-            } else if first & 0xe0 == 0x20 {
-                self.integer(5)?;
-                if self.field_seen {
-                    return None;
-                }
-                continue;
-            } else {
-                let index = self.integer(if first & 0x40 != 0 { 6 } else { 4 })?;
-                if index == 0 {
-                    self.string()?;
-                }
-                self.string()?;
-            }
-            self.field_seen = true;
-            return Some(first & 0xf0 == 0x10);
-        }
-    }
-}
-
-impl Iterator for NeverIndexed<'_> {
-    type Item = bool;
-
-    fn next(&mut self) -> Option<bool> {
-        let field = self.field();
-        self.valid &= field.is_some();
-        field
-    }
 }
 
 /// Writes the re-encoded `fragment` of `block` in HEADERS and CONTINUATION frames of at most
@@ -514,114 +372,12 @@ fn write_block(block: &Block, fragment: &[u8], out: &mut BytesMut) {
     }
 }
 
-/// A string literal, not Huffman-coded.
-fn literal(bytes: &[u8], out: &mut Vec<u8>) {
-    encode_integer_into(bytes.len(), 7, 0, out).expect("writing to a Vec cannot fail");
-    out.extend_from_slice(bytes);
-}
-
 fn frame_header(len: usize, kind: u8, flags: u8, stream: u32, out: &mut BytesMut) {
     let len = u32::try_from(len).expect("at most FRAME_MAX");
     out.extend_from_slice(&len.to_be_bytes()[1..]);
     out.put_u8(kind);
     out.put_u8(flags);
     out.put_u32(stream);
-}
-
-/// A Unix-socket connection whose client-to-server bytes pass through a [`Mender`].
-#[derive(Debug)]
-pub struct Mended<S> {
-    inner: S,
-    mender: Mender,
-    ready: BytesMut,
-    eof: bool,
-}
-
-impl<S> Mended<S> {
-    /// Wraps an accepted connection to a server that gives h2 `limits`.
-    pub fn new(inner: S, limits: Limits) -> Self {
-        Self {
-            inner,
-            mender: Mender::new(limits),
-            ready: BytesMut::new(),
-            eof: false,
-        }
-    }
-
-    /// The connection inside.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Mended<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            if !this.ready.is_empty() {
-                let n = this.ready.len().min(buf.remaining());
-                buf.put_slice(&this.ready[..n]);
-                this.ready.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            if this.eof {
-                return Poll::Ready(Ok(()));
-            }
-            if this.mender.through() {
-                // Nothing more to mend: the bytes go straight to h2's buffer.
-                return Pin::new(&mut this.inner).poll_read(cx, buf);
-            }
-            let mut chunk = [0u8; 8192];
-            let mut read = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) if read.filled().is_empty() => {
-                    this.eof = true;
-                    this.mender.finish(&mut this.ready);
-                }
-                Poll::Ready(Ok(())) => this.mender.feed(read.filled(), &mut this.ready),
-            }
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Mended<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl tonic::transport::server::Connected for Mended<tokio::net::UnixStream> {
-    type ConnectInfo = tonic::transport::server::UdsConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
 }
 
 #[cfg(test)]

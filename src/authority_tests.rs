@@ -1,9 +1,9 @@
 //! The mender on bytes: what h2 reads for what a client sends.
 
-use loona_hpack::Encoder;
+use loona_hpack::{Encoder, encoder::encode_integer_into};
 use proptest::prelude::*;
 
-use super::*;
+use super::{hpack::literal, *};
 
 type Headers = Vec<(Vec<u8>, Vec<u8>)>;
 
