@@ -114,6 +114,7 @@ on_every_listener!(
     a_continuation_flood,
     a_continuation_flood_of_one_byte_frames,
     a_rapid_reset,
+    a_paced_rapid_reset,
     a_settings_flood,
     a_ping_flood,
     a_window_update_flood,
@@ -264,6 +265,49 @@ async fn a_rapid_reset(listener: Listener) {
     })
     .await;
     assert_eq!(answer.goaway, Some(Reason::ENHANCE_YOUR_CALM), "{answer:?}");
+}
+
+/// 20,000 streams opened and reset, ten every millisecond: paced so that the gateway may accept
+/// each before its reset comes. Each it accepts becomes a call cancelled at once; if resets
+/// still find streams pending, it closes the connection as for the unpaced flood.
+async fn a_paced_rapid_reset(listener: Listener) {
+    let answer = under_attack(
+        listener,
+        "rapid reset, paced",
+        |target, authority, sent| async move {
+            let (read, mut write) = split(connect(&target).await);
+            let answer = tokio::spawn(answer(read, Duration::from_secs(8)));
+            let _ = sent.send(());
+            let block = plain_block(&request_fields(&authority));
+            write.write_all(&opening()).await.unwrap();
+            let mut interval = tokio::time::interval(Duration::from_millis(1));
+            for first in (1..40_000).step_by(20) {
+                interval.tick().await;
+                let mut bytes = Vec::new();
+                for stream in (first..first + 20).step_by(2) {
+                    bytes.extend(frame(HEADERS, END_HEADERS, stream, &block));
+                    bytes.extend(frame(
+                        RST_STREAM,
+                        0,
+                        stream,
+                        &u32::from(Reason::CANCEL).to_be_bytes(),
+                    ));
+                }
+                if write.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            drop(write);
+            answer.await.unwrap()
+        },
+    )
+    .await;
+    // Whether the gateway accepts each stream before its reset depends on its speed: a debug
+    // build falls behind and closes the connection, a release build may take all 20,000.
+    assert!(
+        matches!(answer.goaway, None | Some(Reason::ENHANCE_YOUR_CALM)),
+        "{answer:?}"
+    );
 }
 
 /// What a flood got: the answer, and whether the gateway stopped reading before it was all
