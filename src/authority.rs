@@ -7,23 +7,35 @@
 //! The first header block of a connection decides. If its `:authority` is one h2 takes (or there
 //! is none), every byte of the connection passes through as it came. If not, every header block
 //! of the connection is decoded (HPACK, with the client's dynamic table) and re-encoded without
-//! the bad `:authority`, as literals that never touch h2's dynamic table, so that h2's decoder
-//! needs nothing of the client's: padding is dropped, priority kept, a block larger than a
-//! frame split over CONTINUATION frames. Every other frame passes through. A connection whose
-//! bytes cannot be read as HTTP/2 (no preface, a header block that does not decode, a broken
-//! frame sequence) is passed through from there on, for h2 to refuse as it would.
+//! the bad `:authority`, as literals that never touch h2's dynamic table (a never-indexed field
+//! stays never-indexed), so that h2's decoder needs nothing of the client's: padding is
+//! dropped, priority kept, a block larger than a frame split over CONTINUATION frames. Every
+//! other frame passes through. A connection whose bytes cannot be read as HTTP/2 (no preface, a
+//! header block that does not decode, a broken frame sequence) is passed through from there on,
+//! for h2 to refuse as it would.
 //!
-//! Knows HTTP/2 framing and HPACK; nothing of gRPC or Chime.
+//! It stays within the limits the server gives h2 ([`Limits`]), so that a client's bytes cost
+//! no more here than h2 lets them cost over TCP: a header block is held only up to the header
+//! list cap (encoded), its fields are counted as HTTP/2 counts them (`name + value + 32`) while
+//! it is decoded, never copied out, and a block at or over the cap is refused by h2 as over TCP:
+//! the first block goes to h2 as it came; a later one on a mended connection, which could name
+//! entries of the client's table that h2 never saw, is written as a block that h2 counts at the
+//! cap. A block written is never larger than the cap.
+//!
+//! This file reads the frames and decides; `hpack` decodes, counts and re-encodes a block;
+//! `stream` puts the mender on a connection. Knows HTTP/2 framing and HPACK; nothing of gRPC or
+//! Chime.
 
-use std::{
-    io,
-    pin::Pin,
-    task::{Context, Poll},
-};
+use std::{borrow::Cow, ops::Range};
 
-use bytes::{Buf, BufMut, BytesMut};
-use loona_hpack::{Decoder, encoder::encode_integer_into};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{BufMut, BytesMut};
+use loona_hpack::Decoder;
+
+use hpack::{Fields, decoder, oversize};
+pub use stream::Mended;
+
+mod hpack;
+mod stream;
 
 /// The client connection preface (RFC 9113 section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -34,13 +46,21 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
-/// The frame size every HTTP/2 peer accepts, and so the largest frame written here.
+/// The frame size every HTTP/2 peer accepts (RFC 9113 section 4.2), and so the largest frame
+/// written here.
 const FRAME_MAX: usize = 16_384;
-/// The largest header block (all its frames) mended; a larger one passes through.
-const BLOCK_MAX: usize = 256 * 1024;
-/// h2's SETTINGS_HEADER_TABLE_SIZE (its default, which the gateway keeps): the most the client's
-/// encoder may use.
-const TABLE_SIZE: usize = 4096;
+
+/// The limits h2 is given where the server is built (`server.rs`); the mender reads these, never
+/// its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: the largest header list h2 takes, counted as HTTP/2 counts
+    /// it. No block is held or written larger, encoded or decoded.
+    pub max_header_list_size: usize,
+    /// SETTINGS_HEADER_TABLE_SIZE: the most the client's HPACK encoder may use for its dynamic
+    /// table.
+    pub header_table_size: usize,
+}
 
 /// Whether h2 takes `value` as an `:authority`.
 pub fn acceptable(value: &[u8]) -> bool {
@@ -62,9 +82,10 @@ enum Mode {
 /// A header block being gathered over HEADERS and CONTINUATION frames.
 #[derive(Debug)]
 struct Block {
-    /// The frames as they came, for when the block passes through.
+    /// The frames as they came: what passes through when the block is not mended.
     raw: BytesMut,
-    fragment: BytesMut,
+    /// Where each frame's piece of the HPACK block lies in `raw`.
+    pieces: Vec<Range<usize>>,
     stream: u32,
     end_stream: bool,
     priority: Option<[u8; 5]>,
@@ -72,9 +93,26 @@ struct Block {
     complete: bool,
 }
 
+impl Block {
+    /// The HPACK block: borrowed from `raw` when it came in one frame, as nearly all do.
+    fn fragment(&self) -> Cow<'_, [u8]> {
+        match &self.pieces[..] {
+            [one] => Cow::Borrowed(&self.raw[one.clone()]),
+            pieces => Cow::Owned(
+                pieces
+                    .iter()
+                    .flat_map(|r| &self.raw[r.clone()])
+                    .copied()
+                    .collect(),
+            ),
+        }
+    }
+}
+
 /// The byte-level mender of one connection's client-to-server bytes: fed what the client sent,
 /// it gives what h2 reads. No I/O, so it is tested and fuzzed on its own.
 pub struct Mender {
+    limits: Limits,
     mode: Mode,
     input: BytesMut,
     /// Bytes of a frame passing through still to come.
@@ -83,21 +121,6 @@ pub struct Mender {
     decoder: Decoder<'static>,
     /// A header block has been re-encoded on this connection.
     mended: bool,
-}
-
-impl Default for Mender {
-    fn default() -> Self {
-        let mut decoder = Decoder::new();
-        decoder.set_max_allowed_table_size(TABLE_SIZE);
-        Self {
-            mode: Mode::Preface(0),
-            input: BytesMut::new(),
-            passing: 0,
-            block: None,
-            decoder,
-            mended: false,
-        }
-    }
 }
 
 impl std::fmt::Debug for Mender {
@@ -109,6 +132,19 @@ impl std::fmt::Debug for Mender {
 }
 
 impl Mender {
+    /// A mender for a new connection to a server that gives h2 `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            mode: Mode::Preface(0),
+            input: BytesMut::new(),
+            passing: 0,
+            block: None,
+            decoder: decoder(limits),
+            mended: false,
+        }
+    }
+
     /// Takes `bytes` from the client and appends to `out` what h2 may read now.
     pub fn feed(&mut self, bytes: &[u8], out: &mut BytesMut) {
         self.input.extend_from_slice(bytes);
@@ -131,6 +167,11 @@ impl Mender {
     /// Whether a header block of the connection has been re-encoded.
     pub fn mended(&self) -> bool {
         self.mended
+    }
+
+    /// Whether every byte from now on passes through as it comes, and none is held.
+    pub fn through(&self) -> bool {
+        self.mode == Mode::Through && self.input.is_empty()
     }
 
     /// Moves what it can from the input to `out`; false when it needs more input.
@@ -186,8 +227,9 @@ impl Mender {
             self.passing = len;
             return true;
         }
-        let pending = self.block.as_ref().map_or(0, |b| b.raw.len());
-        if pending + HEADER_LEN + len > BLOCK_MAX {
+        let held = self.block.as_ref().map_or(0, |b| b.raw.len());
+        if held + HEADER_LEN + len > self.limits.max_header_list_size {
+            // No block within the cap is this long: h2 applies its own limits to the rest.
             self.pass_through(out);
             return true;
         }
@@ -195,7 +237,7 @@ impl Mender {
             return false;
         }
         let frame = self.input.split_to(HEADER_LEN + len);
-        if self.gather(&frame).is_none() {
+        if let Err(frame) = self.gather(frame) {
             self.pass_through(out);
             out.extend_from_slice(&frame);
             return true;
@@ -206,71 +248,73 @@ impl Mender {
         true
     }
 
-    /// Adds a HEADERS or CONTINUATION frame to the block; `None` when the sequence is broken.
-    fn gather(&mut self, frame: &[u8]) -> Option<()> {
+    /// Adds a HEADERS or CONTINUATION frame to the block; gives the frame back when the sequence
+    /// is broken.
+    fn gather(&mut self, frame: BytesMut) -> Result<(), BytesMut> {
         let (kind, flags) = (frame[3], frame[4]);
         let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
-        let mut payload = &frame[HEADER_LEN..];
-        match (kind, self.block.as_mut()) {
+        let piece = match (kind, &self.block) {
             (HEADERS, None) => {
-                let pad = if flags & PADDED != 0 {
-                    let (&pad, rest) = payload.split_first()?;
-                    payload = rest;
-                    usize::from(pad)
-                } else {
-                    0
+                let Some((priority, piece)) = headers_payload(flags, &frame[HEADER_LEN..]) else {
+                    return Err(frame);
                 };
-                let priority = if flags & PRIORITY != 0 {
-                    let (head, rest) = payload.split_first_chunk::<5>()?;
-                    payload = rest;
-                    Some(*head)
-                } else {
-                    None
-                };
-                let fragment = payload.get(..payload.len().checked_sub(pad)?)?;
                 self.block = Some(Block {
                     raw: BytesMut::new(),
-                    fragment: BytesMut::from(fragment),
+                    pieces: Vec::new(),
                     stream,
                     end_stream: flags & END_STREAM != 0,
                     priority,
                     complete: false,
                 });
+                HEADER_LEN + piece.start..HEADER_LEN + piece.end
             }
-            (CONTINUATION, Some(block)) if block.stream == stream => {
-                block.fragment.extend_from_slice(payload);
-            }
-            _ => return None,
-        }
+            (CONTINUATION, Some(block)) if block.stream == stream => HEADER_LEN..frame.len(),
+            _ => return Err(frame),
+        };
         let block = self.block.as_mut().expect("set above");
-        block.raw.extend_from_slice(frame);
+        let at = block.raw.len();
+        block.pieces.push(at + piece.start..at + piece.end);
+        if at == 0 {
+            block.raw = frame;
+        } else {
+            block.raw.extend_from_slice(&frame);
+        }
         block.complete = flags & END_HEADERS != 0;
-        Some(())
+        Ok(())
     }
 
     /// A whole header block: decided, mended or passed through.
     fn block_done(&mut self, block: Block, out: &mut BytesMut) {
-        let mut headers = Vec::new();
-        let decoded = self.decoder.decode_with_cb(&block.fragment, |name, value| {
-            headers.push((name.into_owned(), value.into_owned()));
-        });
-        if decoded.is_err() {
-            out.extend_from_slice(&block.raw);
-            self.mode = Mode::Through;
-            return;
-        }
-        let bad = |(name, value): &(Vec<u8>, Vec<u8>)| name == b":authority" && !acceptable(value);
+        let fragment = block.fragment();
         if self.mode == Mode::Undecided {
-            if !headers.iter().any(bad) {
+            // The first block: the client's table is still empty, so a fresh decoder reads it as
+            // the client meant it, and `self.decoder` stays ready to mend it.
+            match Fields::count(&mut decoder(self.limits), &fragment, self.limits) {
+                Some(fields) if fields.bad_authority && fields.size < self.limits.max_header_list_size => {
+                    self.mode = Mode::Mending;
+                }
+                _ => {
+                    out.extend_from_slice(&block.raw);
+                    self.mode = Mode::Through;
+                    return;
+                }
+            }
+        }
+        let mut encoded = Vec::new();
+        match Fields::mend(&mut self.decoder, &fragment, self.limits, &mut encoded) {
+            None => {
                 out.extend_from_slice(&block.raw);
                 self.mode = Mode::Through;
-                return;
             }
-            self.mode = Mode::Mending;
+            Some(fields) if fields.size >= self.limits.max_header_list_size => {
+                // As it came, it could name entries of the client's table that h2 never saw.
+                write_block(&block, &oversize(self.limits), out);
+            }
+            Some(_) => {
+                write_block(&block, &encoded, out);
+                self.mended = true;
+            }
         }
-        headers.retain(|h| !bad(h));
-        write_block(&block, &headers, out);
-        self.mended = true;
     }
 
     /// Passes what is held, and everything after, through as it came.
@@ -282,16 +326,29 @@ impl Mender {
     }
 }
 
-/// Encodes `headers` as literals without indexing (RFC 7541 section 6.2.2) in HEADERS and
-/// CONTINUATION frames of at most `FRAME_MAX` bytes.
-fn write_block(block: &Block, headers: &[(Vec<u8>, Vec<u8>)], out: &mut BytesMut) {
-    let mut fragment = Vec::new();
-    for (name, value) in headers {
-        fragment.push(0);
-        literal(name, &mut fragment);
-        literal(value, &mut fragment);
-    }
-    let mut rest = &fragment[..];
+/// The priority and where the HPACK piece lies in a HEADERS frame's payload; `None` when its
+/// padding or priority does not fit.
+fn headers_payload(flags: u8, payload: &[u8]) -> Option<(Option<[u8; 5]>, Range<usize>)> {
+    let (pad, mut start) = if flags & PADDED != 0 {
+        (usize::from(*payload.first()?), 1)
+    } else {
+        (0, 0)
+    };
+    let priority = if flags & PRIORITY != 0 {
+        let head = payload.get(start..start + 5)?;
+        start += 5;
+        Some(head.try_into().expect("five bytes"))
+    } else {
+        None
+    };
+    let end = payload.len().checked_sub(pad)?;
+    (start <= end).then_some((priority, start..end))
+}
+
+/// Writes the re-encoded `fragment` of `block` in HEADERS and CONTINUATION frames of at most
+/// `FRAME_MAX` bytes.
+fn write_block(block: &Block, fragment: &[u8], out: &mut BytesMut) {
+    let mut rest = fragment;
     let room = FRAME_MAX - if block.priority.is_some() { 5 } else { 0 };
     let (first, after) = rest.split_at(room.min(rest.len()));
     rest = after;
@@ -315,110 +372,12 @@ fn write_block(block: &Block, headers: &[(Vec<u8>, Vec<u8>)], out: &mut BytesMut
     }
 }
 
-/// A string literal, not Huffman-coded.
-fn literal(bytes: &[u8], out: &mut Vec<u8>) {
-    encode_integer_into(bytes.len(), 7, 0, out).expect("writing to a Vec cannot fail");
-    out.extend_from_slice(bytes);
-}
-
 fn frame_header(len: usize, kind: u8, flags: u8, stream: u32, out: &mut BytesMut) {
     let len = u32::try_from(len).expect("at most FRAME_MAX");
     out.extend_from_slice(&len.to_be_bytes()[1..]);
     out.put_u8(kind);
     out.put_u8(flags);
     out.put_u32(stream);
-}
-
-/// A Unix-socket connection whose client-to-server bytes pass through a [`Mender`].
-#[derive(Debug)]
-pub struct Mended<S> {
-    inner: S,
-    mender: Mender,
-    ready: BytesMut,
-    eof: bool,
-}
-
-impl<S> Mended<S> {
-    /// Wraps an accepted connection.
-    pub fn new(inner: S) -> Self {
-        Self {
-            inner,
-            mender: Mender::default(),
-            ready: BytesMut::new(),
-            eof: false,
-        }
-    }
-
-    /// The connection inside.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Mended<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            if !this.ready.is_empty() {
-                let n = this.ready.len().min(buf.remaining());
-                buf.put_slice(&this.ready[..n]);
-                this.ready.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            if this.eof {
-                return Poll::Ready(Ok(()));
-            }
-            let mut chunk = [0u8; 8192];
-            let mut read = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) if read.filled().is_empty() => {
-                    this.eof = true;
-                    this.mender.finish(&mut this.ready);
-                }
-                Poll::Ready(Ok(())) => this.mender.feed(read.filled(), &mut this.ready),
-            }
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Mended<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl tonic::transport::server::Connected for Mended<tokio::net::UnixStream> {
-    type ConnectInfo = tonic::transport::server::UdsConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,10 @@ use std::{fmt, net::SocketAddr, num::NonZeroUsize, path::PathBuf, str::FromStr, 
 
 use clap::{Parser, ValueEnum, builder::BoolishValueParser};
 
-use crate::retry::{BudgetConfig, SendRate};
+use crate::{
+    retry::{BudgetConfig, SendRate},
+    server::ConnectionLimits,
+};
 
 /// Env var for `--listen`.
 pub const ENV_LISTEN: &str = "CHIME_GATEWAY_LISTEN";
@@ -23,6 +26,12 @@ pub const ENV_METRICS_LISTEN: &str = "CHIME_GATEWAY_METRICS_LISTEN";
 pub const ENV_HTTP2_KEEPALIVE_INTERVAL: &str = "CHIME_GATEWAY_HTTP2_KEEPALIVE_INTERVAL";
 /// Env var for `--http2-keepalive-timeout`.
 pub const ENV_HTTP2_KEEPALIVE_TIMEOUT: &str = "CHIME_GATEWAY_HTTP2_KEEPALIVE_TIMEOUT";
+/// Env var for `--http2-max-concurrent-streams`.
+pub const ENV_HTTP2_MAX_CONCURRENT_STREAMS: &str = "CHIME_GATEWAY_HTTP2_MAX_CONCURRENT_STREAMS";
+/// Env var for `--http2-max-header-list-size`.
+pub const ENV_HTTP2_MAX_HEADER_LIST_SIZE: &str = "CHIME_GATEWAY_HTTP2_MAX_HEADER_LIST_SIZE";
+/// Env var for `--handshake-timeout`.
+pub const ENV_HANDSHAKE_TIMEOUT: &str = "CHIME_GATEWAY_HANDSHAKE_TIMEOUT";
 /// Env var for `--max-connection-age`.
 pub const ENV_MAX_CONNECTION_AGE: &str = "CHIME_GATEWAY_MAX_CONNECTION_AGE";
 /// Env var for `--max-message-size`.
@@ -128,6 +137,24 @@ pub struct Config {
     #[arg(long, env = ENV_HTTP2_KEEPALIVE_TIMEOUT, default_value = "10s", value_parser = positive_duration)]
     pub http2_keepalive_timeout: Duration,
 
+    /// Streams one caller connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// a stream over it is refused with REFUSED_STREAM, which gRPC clients retry.
+    #[arg(long, env = ENV_HTTP2_MAX_CONCURRENT_STREAMS, default_value = "256",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub http2_max_concurrent_streams: u32,
+
+    /// Largest request header list, in bytes counted as HTTP/2 counts them (name + value + 32 per
+    /// field; SETTINGS_MAX_HEADER_LIST_SIZE). A larger request is refused; one four times larger
+    /// closes its connection.
+    #[arg(long, env = ENV_HTTP2_MAX_HEADER_LIST_SIZE, default_value = "16384",
+          value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
+    pub http2_max_header_list_size: u32,
+
+    /// How long a new caller connection gets to finish its TLS handshake, or on plaintext to send
+    /// the HTTP/2 preface, before it is closed.
+    #[arg(long, env = ENV_HANDSHAKE_TIMEOUT, default_value = "10s", value_parser = positive_duration)]
+    pub handshake_timeout: Duration,
+
     /// Close caller connections gracefully after this age (unset: never), to rebalance.
     #[arg(long, env = ENV_MAX_CONNECTION_AGE, value_parser = positive_duration)]
     pub max_connection_age: Option<Duration>,
@@ -231,6 +258,15 @@ impl FromStr for BudgetTokens {
 }
 
 impl Config {
+    /// What one caller connection may cost.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_concurrent_streams: self.http2_max_concurrent_streams,
+            max_header_list_size: self.http2_max_header_list_size,
+            handshake_timeout: self.handshake_timeout,
+        }
+    }
+
     /// The retry budget's knobs; `None` when `--retry-budget-tokens off`.
     pub fn retry_budget(&self) -> Option<BudgetConfig> {
         self.retry_budget_tokens.0.map(|tokens| BudgetConfig {
@@ -447,6 +483,37 @@ mod tests {
         assert_eq!(c.state_dir, None);
         let c = parse(&["--state-dir", "/var/lib/chime-gateway"]).unwrap();
         assert_eq!(c.state_dir, Some(PathBuf::from("/var/lib/chime-gateway")));
+    }
+
+    #[test]
+    fn connection_limits_are_read_and_default_to_the_servers() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.connection_limits(), ConnectionLimits::default());
+        let c = parse(&[
+            "--http2-max-concurrent-streams",
+            "10",
+            "--http2-max-header-list-size",
+            "8192",
+            "--handshake-timeout",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.connection_limits(),
+            ConnectionLimits {
+                max_concurrent_streams: 10,
+                max_header_list_size: 8192,
+                handshake_timeout: Duration::from_millis(500),
+            }
+        );
+        for bad in [
+            &["--http2-max-concurrent-streams", "0"][..],
+            &["--http2-max-header-list-size", "100"],
+            &["--http2-max-header-list-size", "2000000"],
+            &["--handshake-timeout", "0s"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod codec;
 pub mod config;
 pub mod emulator;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod idempotency;
 pub mod listeners;

@@ -5,14 +5,26 @@
 //! The API listens on TCP or on a Unix domain socket. A socket file left by a dead process is
 //! replaced; one that a live process still serves is never taken over; the file gets
 //! `--listen-mode` and is removed when the gateway stops.
+//!
+//! An accepted connection must begin within the handshake timeout ([`Preface`]): one that sends
+//! nothing, or its first bytes one at a time, is closed instead of held for ever.
 
 use std::{
+    future::Future,
+    io,
     net::SocketAddr,
     os::unix::fs::{FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
 };
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, UnixListener},
+    time::Sleep,
+};
 
 use crate::config::{Config, ListenAddr};
 
@@ -129,6 +141,93 @@ pub fn unix(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), String
     listener.set_nonblocking(true).map_err(fail)?;
     let listener = UnixListener::from_std(listener).map_err(fail)?;
     Ok((listener, file))
+}
+
+/// Bytes a connection sends first: the HTTP/2 client preface (RFC 9113 section 3.4).
+const PREFACE_LEN: usize = 24;
+
+/// An accepted connection that must send its first bytes (the HTTP/2 preface; under TLS, the
+/// start of the handshake, which the TLS handshake timeout then bounds) within a deadline. Until
+/// it has, a read past the deadline fails, so hyper drops the connection: h2 itself waits for the
+/// preface for ever, and its keep-alive PINGs begin only after it.
+#[derive(Debug)]
+pub struct Preface<S> {
+    inner: S,
+    /// `None` once the preface has come.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// Bytes of the preface still to come.
+    left: usize,
+}
+
+impl<S> Preface<S> {
+    /// Wraps a connection accepted now, which gets `timeout` to send its preface.
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            left: PREFACE_LEN,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Preface<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let Some(deadline) = this.deadline.as_mut() else {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no HTTP/2 preface within the handshake timeout",
+            )));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.left = this.left.saturating_sub(buf.filled().len() - before);
+        if this.left == 0 {
+            this.deadline = None;
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Preface<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for Preface<S> {
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
 }
 
 #[cfg(test)]

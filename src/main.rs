@@ -204,6 +204,7 @@ async fn serve(
         max_connection_age: config.max_connection_age,
         max_message_size: config.max_message_size as usize,
         tls,
+        limits: config.connection_limits(),
     };
     let served = server::run(api, gateway, options, shutdown).await;
     // The socket file goes with the server, before the process reports its exit.

@@ -22,8 +22,9 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 pub use crate::listeners::Listener;
 use crate::{
-    authority::Mended,
+    authority::{self, Mended},
     chime::Upstream,
+    listeners::Preface,
     message_size::MessageSizeLayer,
     metrics::{GrpcMetricsLayer, Metrics},
     pb::{self, wire::chime_service_server::ChimeServiceServer},
@@ -38,6 +39,73 @@ const HEALTH_CLOSE: Duration = Duration::from_secs(1);
 
 /// How long cancelled calls get to deliver their UNAVAILABLE once the grace is over.
 const CANCEL_FLUSH: Duration = Duration::from_secs(1);
+
+/// HPACK dynamic table size the server's decoder allows (SETTINGS_HEADER_TABLE_SIZE): h2's own,
+/// which tonic leaves as it is, so the server never advertises it and clients keep the RFC 7541
+/// default of 4,096 bytes (a test reads the server's SETTINGS to hold this).
+pub const HEADER_TABLE_SIZE: usize = 4096;
+/// Streams a client may reset before the server has accepted them, before the connection is
+/// closed with ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487): h2's default, set on purpose.
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the server may reset for a client's errors (a stream over the concurrency limit, a
+/// malformed request) before the connection is closed with ENHANCE_YOUR_CALM: hyper's default,
+/// which tonic otherwise turns into no limit.
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// Flow-control windows: the most request data a connection, and each stream of it, may have
+/// sent that the gateway has not read yet (hyper's defaults, set on purpose: they are part of
+/// what a connection may cost).
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+const STREAM_WINDOW: u32 = 1024 * 1024;
+/// SETTINGS_MAX_FRAME_SIZE: the RFC's minimum, so no frame a client sends is larger.
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+
+/// What one caller connection may cost, on every listener: the HTTP/2 limits advertised to
+/// callers and enforced by h2, and how long a new connection gets to begin. The `:authority`
+/// mender on a Unix socket reads the same values ([`ConnectionLimits::header_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: streams a connection may have open at once; a stream
+    /// over it is refused (REFUSED_STREAM).
+    pub max_concurrent_streams: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE, counted as HTTP/2 counts it (`name + value + 32` per
+    /// field): a larger request is refused (431), one four times larger closes the connection.
+    pub max_header_list_size: u32,
+    /// How long a new connection gets for the TLS handshake, and on plaintext for the HTTP/2
+    /// preface; after it, HTTP/2 keep-alive PINGs find dead connections.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 256,
+            max_header_list_size: 16 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// What the `:authority` mender must stay within: the values h2 is given here.
+    pub fn header_limits(&self) -> authority::Limits {
+        authority::Limits {
+            max_header_list_size: self.max_header_list_size as usize,
+            header_table_size: HEADER_TABLE_SIZE,
+        }
+    }
+
+    /// A tonic server builder with these limits (and the fixed ones above) given to hyper and h2.
+    fn server(&self) -> Server {
+        Server::builder()
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .http2_max_header_list_size(self.max_header_list_size)
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+            .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+    }
+}
 
 /// Settings of the server itself.
 #[derive(Debug)]
@@ -56,6 +124,8 @@ pub struct ServeOptions {
     pub max_message_size: usize,
     /// TLS (and mTLS) for the API port; plaintext when `None`.
     pub tls: Option<ServerTlsConfig>,
+    /// What one caller connection may cost.
+    pub limits: ConnectionLimits,
 }
 
 impl ServeOptions {
@@ -69,6 +139,7 @@ impl ServeOptions {
             max_connection_age: None,
             max_message_size: 64 * 1024,
             tls: None,
+            limits: ConnectionLimits::default(),
         }
     }
 }
@@ -137,10 +208,12 @@ pub async fn run<U: Upstream>(
         .map(|l| tokio::spawn(serve_metrics(l, metrics.clone())));
     let health_port = options.health_listener.map(|listener| {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::builder()
+        let server = options
+            .limits
+            .server()
             .layer(GrpcMetricsLayer::new(metrics.clone()))
             .add_service(health_service.clone())
-            .serve_with_incoming_shutdown(incoming(listener), async move {
+            .serve_with_incoming_shutdown(incoming(listener, &options.limits), async move {
                 let _ = stopped.await;
             });
         HealthPort {
@@ -152,9 +225,11 @@ pub async fn run<U: Upstream>(
     let api = ChimeServiceServer::new(gateway)
         .max_decoding_message_size(options.max_message_size)
         .max_encoding_message_size(options.max_message_size);
-    let mut builder = Server::builder();
-    if let Some(tls) = options.tls {
-        builder = builder.tls_config(tls)?;
+    let limits = options.limits;
+    let mut builder = limits.server();
+    let tls = options.tls.is_some();
+    if let Some(config) = options.tls {
+        builder = builder.tls_config(config.timeout(limits.handshake_timeout))?;
     }
     if let Some(age) = options.max_connection_age {
         builder = builder.max_connection_age(age);
@@ -175,10 +250,19 @@ pub async fn run<U: Upstream>(
         let _ = stop_rx.await;
     };
     let server: Serving = match listener.into() {
-        Listener::Tcp(l) => Box::pin(router.serve_with_incoming_shutdown(incoming(l), stop)),
+        Listener::Tcp(l) => Box::pin(router.serve_with_incoming_shutdown(incoming(l, &limits), stop)),
+        // Under TLS the mender would see only ciphertext: a TLS client names the server it
+        // verifies, so its :authority is a host name that h2 takes.
+        Listener::Unix(l) if tls => {
+            let timeout = limits.handshake_timeout;
+            let incoming = UnixListenerStream::new(l).map(move |a| a.map(|s| Preface::new(s, timeout)));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+        }
         Listener::Unix(l) => {
             // Clients that send the socket's path as :authority are served (crate::authority).
-            let incoming = UnixListenerStream::new(l).map(|accepted| accepted.map(Mended::new));
+            let (timeout, header_limits) = (limits.handshake_timeout, limits.header_limits());
+            let incoming = UnixListenerStream::new(l)
+                .map(move |a| a.map(|s| Preface::new(Mended::new(s, header_limits), timeout)));
             Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
         }
     };
@@ -236,9 +320,15 @@ async fn drain<F: Future<Output = Result<(), tonic::transport::Error>>>(
 
 /// Accepted connections with Nagle's algorithm off: small gRPC frames go out at once instead of
 /// waiting up to 40 ms for the caller's delayed ACK. (`Server::tcp_nodelay` does not apply to a
-/// listener handed in by the caller.)
-fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+/// listener handed in by the caller.) Each must begin within the handshake timeout.
+fn incoming(
+    listener: TcpListener,
+    limits: &ConnectionLimits,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Preface<tokio::net::TcpStream>>> + use<> {
+    let timeout = limits.handshake_timeout;
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(move |accepted| accepted.map(|stream| Preface::new(stream, timeout)))
 }
 
 async fn set_status(health: &HealthReporter, status: ServingStatus) {

@@ -351,7 +351,7 @@ fn mender(calls: u64, report: &mut Report) {
         f
     };
     let mut encoder = loona_hpack::Encoder::new();
-    let mut mender = Mender::default();
+    let mut mender = Mender::new(chime_gateway::server::ConnectionLimits::default().header_limits());
     let mut out = bytes::BytesMut::new();
     mender.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &mut out);
     let message = [0u8, 0, 0, 0, 70]
@@ -678,7 +678,14 @@ async fn overload(emulator: &str, seconds: Duration, report: &mut Report) {
 /// the default `--upstream-max-connections`, or with `connections`.
 async fn in_flight(emulator: &str, seconds: Duration, connections: Option<usize>, report: &mut Report) {
     let limit = connections.map(|n| n.to_string());
-    let mut args = vec!["--max-concurrency", "2048"];
+    // One connection carries the 1,000 calls: past the default stream limit of 256, the client
+    // would queue them instead.
+    let mut args = vec![
+        "--max-concurrency",
+        "2048",
+        "--http2-max-concurrent-streams",
+        "1024",
+    ];
     let (mut name, mut label) = (
         "in-flight-1000".to_owned(),
         "closed loop, 1000 concurrent".to_owned(),

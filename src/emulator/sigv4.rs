@@ -215,7 +215,8 @@ fn incomplete(message: &str) -> AuthError {
 }
 
 impl Authorization<'_> {
-    /// The header again, in the form SDKs send.
+    /// The header again, in the form SDKs send (for the fuzzers' round trip).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn render(&self) -> String {
         format!(
             "{ALGORITHM} Credential={}/{}/{}/{}/{}, SignedHeaders={}, Signature={}",
