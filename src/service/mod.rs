@@ -182,10 +182,9 @@ impl<U: Upstream> ChimeGateway<U> {
         self
     }
 
-    /// Paces upstream sends (`--upstream-rate`).
+    /// Throttles upstream sends after Chime's 429s (`--adaptive-throttle`).
     pub fn with_send_rate(mut self, rate: SendRate) -> Self {
         self.limiter = SendLimiter::new(rate);
-        self.metrics.send_rate(self.limiter.rate());
         self
     }
 
@@ -306,12 +305,13 @@ impl<U: Upstream> ChimeGateway<U> {
                     });
                 }
                 let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                // Sent from here: a call dropped during the attempt has spent its withdrawal.
+                let retry = retrying.take().map(|(_, withdrawal)| withdrawal.sent());
                 doubt.sent();
                 sending = true;
                 let attempt = self.attempt(input.clone(), n).await;
                 doubt.answered();
                 sending = false;
-                let retry = retrying.take().map(|(_, withdrawal)| withdrawal);
                 let error = match attempt {
                     Ok(created) => {
                         self.succeeded(retry);
