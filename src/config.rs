@@ -64,15 +64,19 @@ pub const ENV_IDEMPOTENCY_CAPACITY: &str = "CHIME_GATEWAY_IDEMPOTENCY_CAPACITY";
 pub const ENV_RECONCILE: &str = "CHIME_GATEWAY_RECONCILE";
 /// Env var for `--state-dir`.
 pub const ENV_STATE_DIR: &str = "CHIME_GATEWAY_STATE_DIR";
-/// Env var for `--retry-budget-tokens`.
+/// Env var for `--retry-budget`.
+pub const ENV_RETRY_BUDGET: &str = "CHIME_GATEWAY_RETRY_BUDGET";
+/// Env var for `--adaptive-throttle`.
+pub const ENV_ADAPTIVE_THROTTLE: &str = "CHIME_GATEWAY_ADAPTIVE_THROTTLE";
+/// Env var of the retired `--retry-budget-tokens`.
 pub const ENV_RETRY_BUDGET_TOKENS: &str = "CHIME_GATEWAY_RETRY_BUDGET_TOKENS";
-/// Env var for `--retry-budget-retry-cost`.
+/// Env var of the retired `--retry-budget-retry-cost`.
 pub const ENV_RETRY_BUDGET_RETRY_COST: &str = "CHIME_GATEWAY_RETRY_BUDGET_RETRY_COST";
-/// Env var for `--retry-budget-lookup-cost`.
+/// Env var of the retired `--retry-budget-lookup-cost`.
 pub const ENV_RETRY_BUDGET_LOOKUP_COST: &str = "CHIME_GATEWAY_RETRY_BUDGET_LOOKUP_COST";
-/// Env var for `--retry-budget-refill`.
+/// Env var of the retired `--retry-budget-refill`.
 pub const ENV_RETRY_BUDGET_REFILL: &str = "CHIME_GATEWAY_RETRY_BUDGET_REFILL";
-/// Env var for `--upstream-rate`.
+/// Env var of the retired `--upstream-rate`.
 pub const ENV_UPSTREAM_RATE: &str = "CHIME_GATEWAY_UPSTREAM_RATE";
 /// Env var for `--log-format`.
 pub const ENV_LOG_FORMAT: &str = "CHIME_GATEWAY_LOG_FORMAT";
@@ -195,32 +199,39 @@ pub struct Config {
     #[arg(long, env = ENV_STATE_DIR)]
     pub state_dir: Option<PathBuf>,
 
-    /// Tokens of the retry budget, shared by every call of this process: each retry and each
-    /// lookup after an unknown outcome takes some; a create that succeeds puts some back. Empty:
-    /// calls end with the error they have (ErrorInfo retry_budget: exhausted). `off`: unbounded.
-    #[arg(long, env = ENV_RETRY_BUDGET_TOKENS, default_value = "100")]
-    pub retry_budget_tokens: BudgetTokens,
+    /// The retry budget: each create that succeeds at its first attempt earns this share of a
+    /// request for retries and lookups after unknown outcomes (a retry that succeeds gets its
+    /// own back); the budget holds at most this share of the last 5 s of successes, and never
+    /// less than a reserve of 2 requests (where a process starts). Empty: calls end with the
+    /// error they have (ErrorInfo retry_budget: exhausted). `off`: unbounded.
+    #[arg(long, env = ENV_RETRY_BUDGET, default_value = "0.2")]
+    pub retry_budget: BudgetRatio,
 
-    /// Tokens a retry of a create takes from the retry budget.
-    #[arg(long, env = ENV_RETRY_BUDGET_RETRY_COST, default_value = "5",
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub retry_budget_retry_cost: u32,
+    /// After Chime's 429s, refuse a share of each operation's requests, so that sends settle at
+    /// 1.15 times what Chime accepts (client-side adaptive throttling). A refused create is
+    /// answered at once RESOURCE_EXHAUSTED (ADAPTIVE_THROTTLE). `on` or `off`.
+    #[arg(long, env = ENV_ADAPTIVE_THROTTLE, default_value = "on")]
+    pub adaptive_throttle: SendRate,
 
-    /// Tokens a lookup (ListUsers) after an unknown outcome takes from the retry budget.
-    #[arg(long, env = ENV_RETRY_BUDGET_LOOKUP_COST, default_value = "10",
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub retry_budget_lookup_cost: u32,
+    /// Retired: the retry budget is a share of successes (--retry-budget).
+    #[arg(long, env = ENV_RETRY_BUDGET_TOKENS, hide = true, value_parser = retired_budget)]
+    pub retry_budget_tokens: Option<Retired>,
 
-    /// Tokens a create that succeeds at its first attempt puts back (a retry that succeeds puts
-    /// back its own cost).
-    #[arg(long, env = ENV_RETRY_BUDGET_REFILL, default_value = "1")]
-    pub retry_budget_refill: u32,
+    /// Retired: every retry and lookup costs one request (--retry-budget).
+    #[arg(long, env = ENV_RETRY_BUDGET_RETRY_COST, hide = true, value_parser = retired_budget)]
+    pub retry_budget_retry_cost: Option<Retired>,
 
-    /// Pace of upstream requests: `adaptive` (no limit until Chime throttles, then the AWS SDKs'
-    /// CUBIC rate), `off`, or a fixed number of requests per second. A call whose send slot
-    /// would come after its deadline is answered at once RESOURCE_EXHAUSTED (UPSTREAM_RATE_LIMITED).
-    #[arg(long, env = ENV_UPSTREAM_RATE, default_value = "adaptive")]
-    pub upstream_rate: SendRate,
+    /// Retired: every retry and lookup costs one request (--retry-budget).
+    #[arg(long, env = ENV_RETRY_BUDGET_LOOKUP_COST, hide = true, value_parser = retired_budget)]
+    pub retry_budget_lookup_cost: Option<Retired>,
+
+    /// Retired: a success earns the --retry-budget share.
+    #[arg(long, env = ENV_RETRY_BUDGET_REFILL, hide = true, value_parser = retired_budget)]
+    pub retry_budget_refill: Option<Retired>,
+
+    /// Retired: sends are not paced at a rate any more (--adaptive-throttle).
+    #[arg(long, env = ENV_UPSTREAM_RATE, hide = true, value_parser = retired_rate)]
+    pub upstream_rate: Option<Retired>,
 
     /// PEM certificate chain: serve TLS instead of plaintext (needs --tls-key).
     #[arg(long, env = ENV_TLS_CERT, requires = "tls_key")]
@@ -239,22 +250,42 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// `--retry-budget-tokens`: a number of tokens, or `off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BudgetTokens(pub Option<u32>);
+/// `--retry-budget`: a share of a request (0.01 to 1), or `off`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetRatio(pub Option<f64>);
 
-impl FromStr for BudgetTokens {
+impl FromStr for BudgetRatio {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "off" => Ok(Self(None)),
-            n => n
-                .parse()
-                .map(|tokens| Self(Some(tokens)))
-                .map_err(|_| format!("{s:?} is neither a number of tokens nor `off`")),
+            n => match n.parse::<f64>() {
+                Ok(ratio) if (0.01..=1.0).contains(&ratio) => Ok(Self(Some(ratio))),
+                _ => Err(format!("{s:?} is neither a share from 0.01 to 1 nor `off`")),
+            },
         }
     }
+}
+
+/// A retired setting's value: never parsed, so a deployment that still sets one learns at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retired;
+
+fn retired_budget(_: &str) -> Result<Retired, String> {
+    Err(
+        "retired: the retry budget is a share of recent successes now, set by --retry-budget \
+         (docs/configuration.md)"
+            .to_owned(),
+    )
+}
+
+fn retired_rate(_: &str) -> Result<Retired, String> {
+    Err(
+        "retired: sends follow the adaptive throttle now, --adaptive-throttle on or off \
+         (docs/configuration.md)"
+            .to_owned(),
+    )
 }
 
 impl Config {
@@ -267,13 +298,11 @@ impl Config {
         }
     }
 
-    /// The retry budget's knobs; `None` when `--retry-budget-tokens off`.
+    /// The retry budget's knob; `None` when `--retry-budget off`.
     pub fn retry_budget(&self) -> Option<BudgetConfig> {
-        self.retry_budget_tokens.0.map(|tokens| BudgetConfig {
-            tokens,
-            retry_cost: self.retry_budget_retry_cost,
-            lookup_cost: self.retry_budget_lookup_cost,
-            refill: self.retry_budget_refill,
+        self.retry_budget.0.map(|ratio| BudgetConfig {
+            ratio,
+            ..BudgetConfig::default()
         })
     }
 }
@@ -479,7 +508,7 @@ mod tests {
         assert_eq!(c.idempotency_capacity, 10_000);
         assert!(c.reconcile);
         assert_eq!(c.retry_budget(), Some(BudgetConfig::default()));
-        assert_eq!(c.upstream_rate, SendRate::Adaptive);
+        assert_eq!(c.adaptive_throttle, SendRate::Adaptive);
         assert_eq!(c.state_dir, None);
         let c = parse(&["--state-dir", "/var/lib/chime-gateway"]).unwrap();
         assert_eq!(c.state_dir, Some(PathBuf::from("/var/lib/chime-gateway")));
@@ -517,31 +546,34 @@ mod tests {
     }
 
     #[test]
-    fn the_retry_budget_and_the_send_rate_are_read() {
-        let c = parse(&[
-            "--retry-budget-tokens",
-            "500",
-            "--retry-budget-retry-cost",
-            "7",
-            "--retry-budget-lookup-cost",
-            "14",
-            "--retry-budget-refill",
-            "0",
-            "--upstream-rate",
-            "20",
-        ])
-        .unwrap();
+    fn the_retry_budget_and_the_throttle_are_read() {
+        let c = parse(&["--retry-budget", "0.25", "--adaptive-throttle", "off"]).unwrap();
         let expected = BudgetConfig {
-            tokens: 500,
-            retry_cost: 7,
-            lookup_cost: 14,
-            refill: 0,
+            ratio: 0.25,
+            ..BudgetConfig::default()
         };
         assert_eq!(c.retry_budget(), Some(expected));
-        assert_eq!(c.upstream_rate, SendRate::Fixed(20.0));
-        let off = parse(&["--retry-budget-tokens", "off", "--upstream-rate", "off"]).unwrap();
+        assert_eq!(c.adaptive_throttle, SendRate::Off);
+        let off = parse(&["--retry-budget", "off", "--adaptive-throttle", "on"]).unwrap();
         assert_eq!(off.retry_budget(), None);
-        assert_eq!(off.upstream_rate, SendRate::Off);
+        assert_eq!(off.adaptive_throttle, SendRate::Adaptive);
+    }
+
+    #[test]
+    fn a_retired_protection_setting_is_refused_with_where_to_look() {
+        for (args, instead) in [
+            (&["--retry-budget-tokens", "100"][..], "--retry-budget"),
+            (&["--retry-budget-retry-cost", "5"], "--retry-budget"),
+            (&["--retry-budget-lookup-cost", "10"], "--retry-budget"),
+            (&["--retry-budget-refill", "1"], "--retry-budget"),
+            (&["--upstream-rate", "adaptive"], "--adaptive-throttle"),
+        ] {
+            let line = one_line(&parse(args).unwrap_err());
+            assert!(
+                line.contains("retired") && line.contains(instead),
+                "{args:?}: {line}"
+            );
+        }
     }
 
     #[test]
@@ -639,13 +671,12 @@ mod tests {
             &["--health-listen", "nowhere"],
             &["--worker-threads", "0"],
             &["--worker-threads", "two"],
-            &["--retry-budget-tokens", "many"],
-            &["--retry-budget-tokens", "-1"],
-            &["--retry-budget-retry-cost", "0"],
-            &["--retry-budget-lookup-cost", "0"],
-            &["--retry-budget-refill", "some"],
-            &["--upstream-rate", "fast"],
-            &["--upstream-rate", "0"],
+            &["--retry-budget", "many"],
+            &["--retry-budget", "0"],
+            &["--retry-budget", "2"],
+            &["--retry-budget", "NaN"],
+            &["--adaptive-throttle", "adaptive-ish"],
+            &["--adaptive-throttle", "20"],
         ] {
             let err = parse(args).unwrap_err();
             let line = one_line(&err);

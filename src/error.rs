@@ -207,11 +207,14 @@ pub enum CallError {
         /// The retry budget refused the retry or lookup that would have come next.
         budget_exhausted: bool,
     },
-    #[error("no upstream send slot comes before the call's deadline (retry in {retry_after:?})")]
-    /// No upstream send slot comes before the deadline: the adaptive send rate (or
-    /// `--upstream-rate`) holds this gateway below what the upstream accepts; nothing was sent.
+    #[error(
+        "the gateway's adaptive throttle refused this create: Chime has been throttling this \
+         account's creates (retry in {retry_after:?})"
+    )]
+    /// The adaptive throttle (`--adaptive-throttle`) refused the create, a share of them while
+    /// Chime answers 429 to this process; nothing was sent.
     RateLimited {
-        /// When a slot would come, from now.
+        /// When to come back.
         retry_after: Duration,
     },
     /// The request id was first used for a different request; nothing was sent.
@@ -264,7 +267,7 @@ impl CallError {
             CallError::RequestIdReused => "REQUEST_ID_REUSED",
             CallError::DeadlineExceeded { .. } => "DEADLINE_EXCEEDED",
             CallError::UpstreamBusy { .. } => "UPSTREAM_BUSY",
-            CallError::RateLimited { .. } => "UPSTREAM_RATE_LIMITED",
+            CallError::RateLimited { .. } => "ADAPTIVE_THROTTLE",
             CallError::Overloaded => "OVERLOADED",
             CallError::ShuttingDown => "SHUTTING_DOWN",
             CallError::Upstream {
@@ -296,7 +299,8 @@ impl CallError {
                 return upstream_status(error, *attempts, *reconciliation, *budget_exhausted);
             }
             CallError::RateLimited { retry_after } => {
-                details.set_error_info("UPSTREAM_RATE_LIMITED", GATEWAY_DOMAIN, HashMap::new());
+                let meta = HashMap::from([("operation".to_owned(), "create_user".to_owned())]);
+                details.set_error_info("ADAPTIVE_THROTTLE", GATEWAY_DOMAIN, meta);
                 details.set_retry_info(Some(*retry_after));
                 self.to_string()
             }
@@ -435,7 +439,7 @@ pub const GATEWAY_REASONS: [&str; 13] = [
     "REQUEST_ID_REUSED",
     "DEADLINE_EXCEEDED",
     "UPSTREAM_BUSY",
-    "UPSTREAM_RATE_LIMITED",
+    "ADAPTIVE_THROTTLE",
     "OVERLOADED",
     "SHUTTING_DOWN",
     "UPSTREAM_BAD_RESPONSE",

@@ -358,17 +358,18 @@ fn a_deadline_spent_waiting_for_an_upstream_connection_says_so() {
 }
 
 #[test]
-fn no_send_slot_in_time_is_resource_exhausted_with_when_one_frees() {
+fn a_create_the_throttle_refused_is_resource_exhausted_saying_so_with_when_to_come_back() {
     let retry_after = Duration::from_millis(1250);
     let s = CallError::RateLimited { retry_after }.to_status();
     check(
         &s,
         Code::ResourceExhausted,
         GATEWAY_DOMAIN,
-        "UPSTREAM_RATE_LIMITED",
+        "ADAPTIVE_THROTTLE",
         true,
     );
     let details = s.get_error_details();
+    assert_eq!(details.error_info().unwrap().metadata["operation"], "create_user");
     assert_eq!(details.retry_info().unwrap().retry_delay, Some(retry_after));
 }
 

@@ -177,7 +177,7 @@ async fn serve(
         .with_upstream_connections(config.upstream_max_connections.get())
         .with_idempotency(config.idempotency_ttl, config.idempotency_capacity)
         .with_retry_budget(config.retry_budget())
-        .with_send_rate(config.upstream_rate);
+        .with_send_rate(config.adaptive_throttle);
     let gateway = match journal {
         Some((journal, recovered)) => {
             log_recovered(&recovered);

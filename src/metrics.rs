@@ -66,6 +66,14 @@ struct KindLabels {
     kind: &'static str,
 }
 
+/// The operations the adaptive throttle keeps apart, as the metrics' `operation` label spells them.
+pub const THROTTLE_OPERATIONS: [&str; 2] = ["create_user", "list_users"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
 /// Every metric the gateway exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -84,10 +92,9 @@ pub struct Metrics {
     journal_damaged: Counter,
     gateway_errors: Family<ReasonLabels, Counter>,
     budget_refusals: Family<KindLabels, Counter>,
-    budget_tokens: Gauge,
-    slot_waiting: Gauge,
-    slot_refusals: Counter,
-    send_rate: Gauge<f64, AtomicU64>,
+    budget_balance: Gauge<f64, AtomicU64>,
+    throttle_refusals: Family<OperationLabels, Counter>,
+    throttle_refusing: Family<OperationLabels, Gauge<f64, AtomicU64>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -117,10 +124,13 @@ impl Default for Metrics {
         for kind in BUDGET_KINDS {
             let _ = budget_refusals.get_or_create(&KindLabels { kind });
         }
-        let budget_tokens = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
-        let slot_waiting = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
-        let slot_refusals = Counter::<u64, AtomicU64>::default();
-        let send_rate = Gauge::<f64, AtomicU64>::default();
+        let budget_balance = Gauge::<f64, AtomicU64>::default();
+        let throttle_refusals = Family::<OperationLabels, Counter>::default();
+        let throttle_refusing = Family::<OperationLabels, Gauge<f64, AtomicU64>>::default();
+        for operation in THROTTLE_OPERATIONS {
+            let _ = throttle_refusals.get_or_create(&OperationLabels { operation });
+            let _ = throttle_refusing.get_or_create(&OperationLabels { operation });
+        }
         for outcome in RECONCILIATION_OUTCOMES {
             // Exported from the start at 0, so rates and alerts see every series.
             let _ = reconciliations.get_or_create(&ReconciliationLabels { outcome });
@@ -196,24 +206,19 @@ impl Default for Metrics {
             budget_refusals.clone(),
         );
         registry.register(
-            "chime_gateway_retry_budget_tokens",
-            "Tokens left in the retry budget (0 also when the budget is off).",
-            budget_tokens.clone(),
+            "chime_gateway_retry_budget_balance",
+            "Requests the retry budget holds for retries and lookups (0 also when the budget is off).",
+            budget_balance.clone(),
         );
         registry.register(
-            "chime_gateway_send_slot_waiting",
-            "Upstream requests waiting now for a send slot (--upstream-rate).",
-            slot_waiting.clone(),
+            "chime_gateway_throttle_refusals",
+            "Upstream requests the adaptive throttle refused after Chime's 429s, by operation.",
+            throttle_refusals.clone(),
         );
         registry.register(
-            "chime_gateway_send_slot_refusals",
-            "Upstream requests not sent because no send slot came before the call's deadline.",
-            slot_refusals.clone(),
-        );
-        registry.register(
-            "chime_gateway_upstream_send_rate",
-            "The send rate limit now, in upstream requests per second (0: not limiting).",
-            send_rate.clone(),
+            "chime_gateway_throttle_refusal_probability",
+            "The share of requests the adaptive throttle refuses now, by operation (0: none).",
+            throttle_refusing.clone(),
         );
         Self {
             registry,
@@ -231,10 +236,9 @@ impl Default for Metrics {
             journal_damaged,
             gateway_errors,
             budget_refusals,
-            budget_tokens,
-            slot_waiting,
-            slot_refusals,
-            send_rate,
+            budget_balance,
+            throttle_refusals,
+            throttle_refusing,
         }
     }
 }
@@ -281,19 +285,24 @@ impl Metrics {
         self.budget_refusals.get_or_create(&KindLabels { kind }).inc();
     }
 
-    /// Sets the retry budget's balance (`None`: unlimited, exported as 0).
-    pub fn budget_balance(&self, tokens: Option<u32>) {
-        self.budget_tokens.set(tokens.map_or(0, i64::from));
+    /// Sets the retry budget's balance in requests (`None`: unlimited, exported as 0).
+    pub fn budget_balance(&self, requests: Option<f64>) {
+        self.budget_balance.set(requests.unwrap_or(0.0));
     }
 
-    /// Counts an upstream request not sent for want of a send slot.
-    pub fn slot_refused(&self) {
-        self.slot_refusals.inc();
+    /// Counts a request the adaptive throttle refused (`operation`: one of
+    /// [`THROTTLE_OPERATIONS`]).
+    pub fn throttle_refused(&self, operation: &'static str) {
+        self.throttle_refusals
+            .get_or_create(&OperationLabels { operation })
+            .inc();
     }
 
-    /// Sets the send rate limit (`None`: not limiting, exported as 0).
-    pub fn send_rate(&self, rate: Option<f64>) {
-        self.send_rate.set(rate.unwrap_or(0.0));
+    /// Sets the share of `operation`'s requests the throttle refuses now (`None`: off, as 0).
+    pub fn throttle_refusing(&self, operation: &'static str, probability: Option<f64>) {
+        self.throttle_refusing
+            .get_or_create(&OperationLabels { operation })
+            .set(probability.unwrap_or(0.0));
     }
 
     /// Counts the journal records skipped at start as damaged.
@@ -320,7 +329,7 @@ impl Metrics {
     }
 }
 
-/// Counts a call waiting (for an upstream connection, or for a send slot) for as long as it lives.
+/// Counts a call waiting for an upstream connection for as long as it lives.
 #[derive(Debug)]
 pub struct WaitingGuard {
     metrics: Arc<Metrics>,
@@ -331,11 +340,6 @@ impl WaitingGuard {
     /// Counts one more call waiting for an upstream connection (`chime_upstream_waiting`).
     pub fn for_connection(metrics: &Arc<Metrics>) -> Self {
         Self::new(metrics, |m| &m.upstream_waiting)
-    }
-
-    /// Counts one more request waiting for a send slot (`chime_gateway_send_slot_waiting`).
-    pub fn for_send_slot(metrics: &Arc<Metrics>) -> Self {
-        Self::new(metrics, |m| &m.slot_waiting)
     }
 
     fn new(metrics: &Arc<Metrics>, gauge: fn(&Metrics) -> &Gauge) -> Self {
@@ -722,41 +726,40 @@ mod tests {
     }
 
     #[test]
-    fn the_retry_budget_and_the_send_rate_are_exported_from_the_start_and_counted() {
+    fn the_retry_budget_and_the_throttle_are_exported_from_the_start_and_counted() {
         let m = Arc::new(Metrics::default());
         let text = m.encode();
         for kind in BUDGET_KINDS {
             let line = format!("chime_gateway_retry_budget_refusals_total{{kind=\"{kind}\"}} 0");
             assert!(text.contains(&line), "{text}");
         }
-        for line in [
-            "chime_gateway_retry_budget_tokens 0",
-            "chime_gateway_send_slot_waiting 0",
-            "chime_gateway_send_slot_refusals_total 0",
-            "chime_gateway_upstream_send_rate 0.0",
-        ] {
-            assert!(text.contains(line), "{line}: {text}");
+        assert!(text.contains("chime_gateway_retry_budget_balance 0.0"), "{text}");
+        for operation in THROTTLE_OPERATIONS {
+            for line in [
+                format!("chime_gateway_throttle_refusals_total{{operation=\"{operation}\"}} 0"),
+                format!("chime_gateway_throttle_refusal_probability{{operation=\"{operation}\"}} 0.0"),
+            ] {
+                assert!(text.contains(&line), "{line}: {text}");
+            }
         }
         m.budget_refused("lookup");
-        m.budget_balance(Some(95));
-        m.slot_refused();
-        m.send_rate(Some(12.5));
-        let waiting = WaitingGuard::for_send_slot(&m);
+        m.budget_balance(Some(1.5));
+        m.throttle_refused("create_user");
+        m.throttle_refusing("list_users", Some(0.25));
         let text = m.encode();
         for line in [
             "chime_gateway_retry_budget_refusals_total{kind=\"lookup\"} 1",
             "chime_gateway_retry_budget_refusals_total{kind=\"retry\"} 0",
-            "chime_gateway_retry_budget_tokens 95",
-            "chime_gateway_send_slot_waiting 1",
-            "chime_gateway_send_slot_refusals_total 1",
-            "chime_gateway_upstream_send_rate 12.5",
+            "chime_gateway_retry_budget_balance 1.5",
+            "chime_gateway_throttle_refusals_total{operation=\"create_user\"} 1",
+            "chime_gateway_throttle_refusals_total{operation=\"list_users\"} 0",
+            "chime_gateway_throttle_refusal_probability{operation=\"list_users\"} 0.25",
         ] {
             assert!(text.contains(line), "{line}: {text}");
         }
-        drop(waiting);
-        m.send_rate(None);
+        m.throttle_refusing("list_users", None);
         let text = m.encode();
-        assert!(text.contains("chime_gateway_send_slot_waiting 0"), "{text}");
-        assert!(text.contains("chime_gateway_upstream_send_rate 0.0"), "{text}");
+        let line = "chime_gateway_throttle_refusal_probability{operation=\"list_users\"} 0.0";
+        assert!(text.contains(line), "{text}");
     }
 }

@@ -26,7 +26,6 @@ use std::{
 use chime_gateway::{
     emulator::{ChaosConfig, DEMO_ACCOUNT_ID, Emulator, Fault, Operation, TypeLocation},
     pb::chime::v1::{CreateUserRequest, UserType, chime_service_client::ChimeServiceClient},
-    retry::SendRate,
     server::ServeOptions,
     service::{Backoff, CallPolicy, ChimeGateway},
 };
@@ -143,9 +142,9 @@ async fn run(seed: u64, reconcile: bool) -> (Emulator, Vec<Caller>) {
         },
         reconcile,
     };
-    // The retry budget at its defaults. The send rate is off: these 429s are injected at random,
-    // not by rate, so pacing cannot lift them (the fleet bench measures a real throttle).
-    let gateway = ChimeGateway::new(upstream_for(&emu).await, policy, 64).with_send_rate(SendRate::Off);
+    // Every protection at its default: the 429s come at random, below the adaptive throttle's
+    // headroom, and the retry budget earns what the calls that succeed give it.
+    let gateway = ChimeGateway::new(upstream_for(&emu).await, policy, 64);
     let gw = Gateway::serve(gateway, ServeOptions::with_grace(Duration::from_secs(5))).await;
     let client = gw.client().await;
     let callers = setting("CHAOS_CALLERS").unwrap_or(300) as usize;

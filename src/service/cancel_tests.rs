@@ -184,7 +184,7 @@ fn shapes() -> Vec<Shape> {
             creates: &[Create::StoredLost],
             lookups: &[],
             budget: Some(BudgetConfig {
-                tokens: 1,
+                reserve: 0.0,
                 ..BudgetConfig::default()
             }),
         },

@@ -175,10 +175,9 @@ impl<U: Upstream> ChimeGateway<U> {
         self
     }
 
-    /// Paces upstream sends (`--upstream-rate`).
+    /// Throttles upstream sends after Chime's 429s (`--adaptive-throttle`).
     pub fn with_send_rate(mut self, rate: SendRate) -> Self {
         self.limiter = SendLimiter::new(rate);
-        self.metrics.send_rate(self.limiter.rate());
         self
     }
 
@@ -302,9 +301,10 @@ impl<U: Upstream> ChimeGateway<U> {
                     });
                 }
                 let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+                // Sent from here: a call dropped during the attempt has spent its withdrawal.
+                let retry = retrying.take().map(|(_, withdrawal)| withdrawal.sent());
                 progress.sent();
                 let attempt = self.attempt(input.clone(), n).await;
-                let retry = retrying.take().map(|(_, withdrawal)| withdrawal);
                 let error = match attempt {
                     Ok(created) => {
                         progress.answered(false);

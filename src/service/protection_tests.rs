@@ -1,7 +1,8 @@
-//! What the retry budget and the send rate change in a call (docs/design.md §8): counts of what
-//! reaches the upstream, not times.
+//! What the retry budget and the adaptive throttle change in a call (docs/design.md §8): counts
+//! of what reaches the upstream, at the defaults unless a test says why not.
 
 use super::*;
+use crate::retry::BudgetConfig;
 
 /// The ErrorInfo metadata of a status.
 fn meta(status: &Status) -> std::collections::HashMap<String, String> {
@@ -22,10 +23,22 @@ fn with_deadline(
     request
 }
 
+/// A metric's value, from the exposition.
+fn metric(gw: &ChimeGateway<Arc<Scripted>>, series: &str) -> f64 {
+    let text = gw.metrics().encode();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("{series}: {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+const BALANCE: &str = "chime_gateway_retry_budget_balance";
+
 #[tokio::test]
-async fn an_outage_gets_the_calls_plus_what_the_budget_allows_and_no_more() {
+async fn an_outage_gets_the_calls_plus_what_the_budget_held_and_no_more() {
     let up = scripted(outage(1000, 503), vec![]);
-    let gw = ChimeGateway::new(up.clone(), policy(3), 4).with_send_rate(SendRate::Off);
+    let gw = ChimeGateway::new(up.clone(), policy(3), 4);
     let mut exhausted = 0;
     for _ in 0..200 {
         let s = gw.create_user(valid()).await.unwrap_err();
@@ -35,23 +48,21 @@ async fn an_outage_gets_the_calls_plus_what_the_budget_allows_and_no_more() {
             assert!(s.get_error_details().retry_info().is_some());
         }
     }
-    // 100 tokens at 5 a retry: 20 retries in all.
-    assert_eq!(counts(&up).0, 200 + 20);
-    assert!(exhausted >= 190, "{exhausted}");
-    let text = gw.metrics().encode();
-    assert!(text.contains("chime_gateway_retry_budget_tokens 0"), "{text}");
-    assert!(
-        text.contains("chime_gateway_retry_budget_refusals_total{kind=\"retry\"}"),
-        "{text}"
+    // A new process holds a reserve of three requests, and an outage earns nothing back.
+    assert_eq!(counts(&up).0, 200 + 3);
+    assert!(exhausted >= 197, "{exhausted}");
+    assert_eq!(metric(&gw, BALANCE), 0.0);
+    assert_eq!(
+        metric(&gw, "chime_gateway_retry_budget_refusals_total{kind=\"retry\"}"),
+        f64::from(exhausted)
     );
 }
 
 #[tokio::test]
 async fn without_a_budget_every_call_retries_to_max_attempts() {
+    // The twin of the test above, with the budget off.
     let up = scripted(outage(1000, 503), vec![]);
-    let gw = ChimeGateway::new(up.clone(), policy(3), 4)
-        .with_send_rate(SendRate::Off)
-        .with_retry_budget(None);
+    let gw = ChimeGateway::new(up.clone(), policy(3), 4).with_retry_budget(None);
     for _ in 0..100 {
         let s = gw.create_user(valid()).await.unwrap_err();
         assert!(!meta(&s).contains_key("retry_budget"));
@@ -60,31 +71,25 @@ async fn without_a_budget_every_call_retries_to_max_attempts() {
 }
 
 #[tokio::test]
-async fn successes_keep_the_budget_full_through_transient_faults() {
+async fn successes_keep_the_budget_through_transient_faults() {
     // Every tenth first attempt fails once.
-    let mut script = Vec::new();
     let up = scripted(vec![], vec![]);
-    let gw = ChimeGateway::new(up.clone(), policy(3), 4).with_send_rate(SendRate::Off);
+    let gw = ChimeGateway::new(up.clone(), policy(3), 4);
     let mut ok = 0;
     for call in 0..500 {
         if call % 10 == 0 {
-            script.push(status(503, None));
-            *up.script.lock().unwrap() = std::mem::take(&mut script).into();
+            up.script.lock().unwrap().push_back(status(503, None));
         }
         ok += usize::from(gw.create_user(valid()).await.is_ok());
     }
     assert_eq!(ok, 500);
-    assert!(
-        gw.metrics()
-            .encode()
-            .contains("chime_gateway_retry_budget_tokens 100")
-    );
+    assert!(metric(&gw, BALANCE) >= 3.0);
 }
 
 #[tokio::test]
 async fn an_unknown_outcome_outage_looks_up_within_the_budget_then_defers() {
     let up = scripted(outage(1000, 500), vec![]);
-    let gw = ChimeGateway::new(up.clone(), policy(3), 4).with_send_rate(SendRate::Off);
+    let gw = ChimeGateway::new(up.clone(), policy(3), 4);
     let mut deferred = 0;
     for n in 0..100 {
         let id = uuid::Uuid::from_u128(n + 1).to_string();
@@ -96,35 +101,28 @@ async fn an_unknown_outcome_outage_looks_up_within_the_budget_then_defers() {
             assert!(s.get_error_details().retry_info().is_some());
         }
     }
-    let (attempts, lookups) = counts(&up);
-    // Each lookup takes 10 tokens and each retry 5, from 100.
-    let retries = attempts - 100;
-    assert!(
-        10 * lookups + 5 * retries <= 100,
-        "{retries} retries, {lookups} lookups"
+    // The reserve's three requests: a lookup that finds nothing, the retry it allows, and a
+    // lookup of that retry's unknown outcome.
+    assert_eq!(counts(&up), (101, 2));
+    assert_eq!(deferred, 99);
+    assert_eq!(
+        metric(&gw, "chime_gateway_reconciliations_total{outcome=\"deferred\"}"),
+        99.0
     );
-    assert!(
-        10 * lookups + 5 * retries > 90,
-        "{retries} retries, {lookups} lookups"
-    );
-    assert!(lookups >= 1);
-    assert!(deferred >= 90, "{deferred}");
-    let text = gw.metrics().encode();
-    assert!(
-        text.contains("chime_gateway_reconciliations_total{outcome=\"deferred\"}"),
-        "{text}"
-    );
+}
+
+/// A budget whose reserve holds `requests`.
+fn reserve(requests: f64) -> Option<BudgetConfig> {
+    Some(BudgetConfig {
+        reserve: requests,
+        ..BudgetConfig::default()
+    })
 }
 
 #[tokio::test]
 async fn a_lookup_refused_without_a_request_id_is_skipped() {
     let up = scripted(outage(10, 500), vec![]);
-    let gw = ChimeGateway::new(up.clone(), policy(1), 4)
-        .with_send_rate(SendRate::Off)
-        .with_retry_budget(Some(BudgetConfig {
-            tokens: 0,
-            ..BudgetConfig::default()
-        }));
+    let gw = ChimeGateway::new(up.clone(), policy(1), 4).with_retry_budget(reserve(0.2));
     let s = gw.create_user(with_email("")).await.unwrap_err();
     assert_eq!(s.code(), Code::Internal);
     assert_eq!(reconciliation(&s).1.as_deref(), Some("skipped"));
@@ -139,41 +137,25 @@ async fn a_deferred_lookup_is_made_by_the_retry_with_the_same_request_id() {
         vec![status(500, None), status(500, None)],
         vec![found("other"), found("mine")],
     );
-    // Room for one lookup; a create that succeeds at once refills it.
-    let gw = ChimeGateway::new(up.clone(), policy(1), 4)
-        .with_send_rate(SendRate::Off)
-        .with_retry_budget(Some(BudgetConfig {
-            tokens: 10,
-            lookup_cost: 10,
-            refill: 10,
-            ..BudgetConfig::default()
-        }));
+    // Room for one lookup.
+    let gw = ChimeGateway::new(up.clone(), policy(1), 4).with_retry_budget(reserve(1.0));
     let first = gw.create_user(with_email(OTHER)).await.unwrap();
     assert!(flag(first.metadata(), RECONCILED_KEY), "the budget's one lookup");
     let s = gw.create_user(with_email(ID)).await.unwrap_err();
     assert_eq!(reconciliation(&s).1.as_deref(), Some("deferred"));
     assert_eq!(counts(&up), (2, 1));
-    // Another call succeeds and refills the budget.
-    let mut plain = with_email("").into_inner();
-    plain.email = Some("someone@example.com".into());
-    gw.create_user(Request::new(plain)).await.unwrap();
-    // The retry meets the user its first call stored (409) and looks it up this time.
+    // The retry meets the user its first call stored (409) and looks it up: owed, not drawn.
     up.script.lock().unwrap().push_back(status(409, None));
     let retry = gw.create_user(with_email(ID)).await.unwrap();
     assert_eq!(user_id(&retry), "mine");
     assert!(flag(retry.metadata(), RECONCILED_KEY));
-    assert_eq!(counts(&up), (4, 2));
+    assert_eq!(counts(&up), (3, 2));
 }
 
 #[tokio::test]
 async fn the_lookup_a_deferred_call_owes_its_retry_is_made_with_the_budget_empty() {
     let up = scripted(vec![status(500, None), status(409, None)], vec![found("mine")]);
-    let gw = ChimeGateway::new(up.clone(), policy(1), 4)
-        .with_send_rate(SendRate::Off)
-        .with_retry_budget(Some(BudgetConfig {
-            tokens: 0,
-            ..BudgetConfig::default()
-        }));
+    let gw = ChimeGateway::new(up.clone(), policy(1), 4).with_retry_budget(reserve(0.2));
     let s = gw.create_user(with_email(ID)).await.unwrap_err();
     assert_eq!(reconciliation(&s).1.as_deref(), Some("deferred"));
     assert_eq!(counts(&up), (1, 0));
@@ -190,97 +172,132 @@ async fn the_lookup_a_deferred_call_owes_its_retry_is_made_with_the_budget_empty
 
 const OTHER_ID: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
 
-fn send_rate(gw: &ChimeGateway<Arc<Scripted>>) -> f64 {
-    let text = gw.metrics().encode();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("chime_gateway_upstream_send_rate "))
-        .unwrap();
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
 #[tokio::test(start_paused = true)]
-async fn after_a_throttle_sends_wait_for_a_slot_and_a_call_that_cannot_wait_is_refused_at_once() {
-    let up = scripted(vec![status(429, None)], vec![]);
-    let gw = ChimeGateway::new(up.clone(), policy(1), 4);
-    assert_eq!(send_rate(&gw), 0.0, "no limit before a throttle");
-    let s = gw.create_user(valid()).await.unwrap_err();
-    assert_eq!(s.code(), Code::ResourceExhausted);
-    // One answer seen: the rate is cut to 0.7 of the 10/s it reads, and the bucket is empty.
-    let rate = send_rate(&gw);
-    assert!((6.0..8.0).contains(&rate), "{rate}");
-    let started = Instant::now();
-    let s = gw.create_user(with_deadline(valid(), "50m")).await.unwrap_err();
-    assert_eq!(started.elapsed(), Duration::ZERO, "answered at once");
-    assert_eq!(s.code(), Code::ResourceExhausted);
-    let info = s.get_error_details().error_info().cloned().unwrap();
+async fn a_call_dropped_while_it_waits_to_retry_gives_its_withdrawal_back() {
+    // A 503 asking for 5 s: the call withdraws its retry, then waits; its caller gives up first.
+    let up = scripted(vec![status(503, Some(Duration::from_secs(5)))], vec![]);
+    let gw = ChimeGateway::new(up.clone(), policy(3), 4);
+    let call = gw.create_user(with_deadline(valid(), "30S"));
+    assert!(tokio::time::timeout(Duration::from_secs(1), call).await.is_err());
+    assert_eq!(counts(&up).0, 1);
+    let text = gw.metrics().encode();
+    assert!(text.contains("chime_gateway_retry_budget_balance 2.0"), "{text}");
+    // Later calls in an outage then find the whole reserve for their retries: three of them.
+    up.script.lock().unwrap().extend(outage(10, 503));
+    for _ in 0..3 {
+        gw.create_user(valid()).await.unwrap_err();
+    }
     assert_eq!(
-        (info.domain.as_str(), info.reason.as_str()),
-        (error::GATEWAY_DOMAIN, "UPSTREAM_RATE_LIMITED")
-    );
-    let delay = s.get_error_details().retry_info().unwrap().retry_delay.unwrap();
-    let slot = Duration::from_secs_f64(1.0 / rate);
-    assert!(delay > Duration::from_millis(50) && delay <= slot, "{delay:?}");
-    assert_eq!(counts(&up).0, 1, "nothing sent");
-    // A call with time to wait is sent when its slot comes.
-    gw.create_user(with_deadline(valid(), "5S")).await.unwrap();
-    assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
-    assert_eq!(counts(&up).0, 2);
-    let text = gw.metrics().encode();
-    assert!(
-        text.contains("chime_gateway_send_slot_refusals_total 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("chime_gateway_errors_total{reason=\"UPSTREAM_RATE_LIMITED\"} 1"),
-        "{text}"
+        counts(&up).0,
+        1 + 3 + 3,
+        "three retries: the dropped call's request came back"
     );
 }
 
+/// The code and ErrorInfo reason of a call's answer (`OK` for a success).
+fn answer(result: &Result<Response<CreateUserResponse>, Status>) -> (Code, String) {
+    match result {
+        Ok(_) => (Code::Ok, "OK".into()),
+        Err(s) => (
+            s.code(),
+            s.get_error_details().error_info().unwrap().reason.clone(),
+        ),
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_fixed_rate_spaces_sends_from_the_start() {
-    let up = scripted(vec![], vec![]);
-    let gw = Arc::new(ChimeGateway::new(up.clone(), policy(1), 64).with_send_rate(SendRate::Fixed(5.0)));
-    let started = Instant::now();
-    let calls: Vec<_> = (0..15)
+async fn after_chimes_429s_the_throttle_refuses_a_share_at_once_and_says_so() {
+    let up = scripted((0..20).map(|_| status(429, None)).collect(), vec![]);
+    let gw = ChimeGateway::new(up.clone(), policy(1), 4);
+    let mut refused = 0;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let s = gw.create_user(valid()).await.unwrap_err();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        let info = s.get_error_details().error_info().cloned().unwrap();
+        if info.domain == error::GATEWAY_DOMAIN {
+            refused += 1;
+            assert_eq!(info.reason, "ADAPTIVE_THROTTLE");
+            assert_eq!(started.elapsed(), Duration::ZERO, "answered at once");
+            let delay = s.get_error_details().retry_info().unwrap().retry_delay.unwrap();
+            assert!(
+                delay >= Duration::from_secs(1) && delay <= Duration::from_secs(2),
+                "{delay:?}"
+            );
+        } else {
+            assert_eq!(info.reason, "THROTTLED");
+        }
+    }
+    // Every answer throttled: the throttle refuses all but about one in (requests + 1).
+    let sent = counts(&up).0;
+    assert_eq!(sent + refused, 20);
+    assert!((3..=8).contains(&sent), "{sent}");
+    let reason = "chime_gateway_errors_total{reason=\"ADAPTIVE_THROTTLE\"}";
+    assert_eq!(metric(&gw, reason), f64::from(refused));
+    let series = "chime_gateway_throttle_refusals_total{operation=\"create_user\"}";
+    assert_eq!(metric(&gw, series), f64::from(refused));
+    let p = metric(
+        &gw,
+        "chime_gateway_throttle_refusal_probability{operation=\"create_user\"}",
+    );
+    assert!(p > 0.5, "{p}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_after_a_throttle_is_served_without_a_refusal() {
+    // Six calls meet 429 (and their retries too), then a batch job sends 200 creates, 32 at a
+    // time, ten seconds later.
+    let up = scripted((0..18).map(|_| status(429, None)).collect(), vec![]);
+    let gw = Arc::new(ChimeGateway::new(up.clone(), policy(3), 64));
+    for _ in 0..6 {
+        let s = gw.create_user(with_deadline(valid(), "30S")).await.unwrap_err();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+    }
+    assert!(
+        up.script.lock().unwrap().len() < 18,
+        "the throttle held some back"
+    );
+    up.script.lock().unwrap().clear();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let batch = Arc::new(tokio::sync::Semaphore::new(32));
+    let calls: Vec<_> = (0..200)
         .map(|_| {
-            let gw = gw.clone();
-            tokio::spawn(async move { gw.create_user(with_deadline(valid(), "10S")).await.is_ok() })
+            let (gw, batch) = (gw.clone(), batch.clone());
+            tokio::spawn(async move {
+                let _slot = batch.acquire().await.unwrap();
+                answer(&gw.create_user(with_deadline(valid(), "30S")).await)
+            })
         })
         .collect();
     for call in calls {
-        assert!(call.await.unwrap());
+        assert_eq!(call.await.unwrap(), (Code::Ok, "OK".into()));
     }
-    // A burst of 5, then 5 a second: the last of 15 goes two seconds in.
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_millis(2100),
-        "{took:?}"
-    );
-    assert_eq!(counts(&up).0, 15);
 }
 
 #[tokio::test(start_paused = true)]
-async fn retries_wait_for_send_slots_too() {
-    // Throttled twice, then served: the retries are paced, not sent back to back (the backoff
-    // alone is at most 2 ms).
-    let up = scripted(vec![status(429, None), status(429, None)], vec![]);
-    let gw = ChimeGateway::new(up.clone(), policy(3), 4);
-    let started = Instant::now();
-    gw.create_user(with_deadline(valid(), "30S")).await.unwrap();
-    assert_eq!(counts(&up).0, 3);
-    assert!(
-        started.elapsed() >= Duration::from_millis(200),
-        "{:?}",
-        started.elapsed()
+async fn throttled_lookups_never_refuse_creates() {
+    // 500 creates served earn the budget 100 lookups; then every lookup meets 429: ListUsers'
+    // window fills with throttles, CreateUser's stays clear.
+    let lookups = (0..50).map(|_| Err(status(429, None))).collect();
+    let up = scripted(vec![], lookups);
+    let gw = ChimeGateway::new(up.clone(), policy(1), 4);
+    for _ in 0..500 {
+        gw.create_user(valid()).await.unwrap();
+    }
+    assert!(metric(&gw, BALANCE) >= 49.9);
+    up.script.lock().unwrap().extend(outage(50, 500));
+    for n in 0..50 {
+        let id = uuid::Uuid::from_u128(n + 1).to_string();
+        let _ = gw.create_user(with_email(&id)).await;
+    }
+    let p = metric(
+        &gw,
+        "chime_gateway_throttle_refusal_probability{operation=\"list_users\"}",
     );
-    let off = scripted(vec![status(429, None), status(429, None)], vec![]);
-    let gw = ChimeGateway::new(off.clone(), policy(3), 4).with_send_rate(SendRate::Off);
-    let started = Instant::now();
-    gw.create_user(with_deadline(valid(), "30S")).await.unwrap();
-    assert!(
-        started.elapsed() <= Duration::from_millis(10),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(p > 0.9, "{p}");
+    assert!(counts(&up).1 < 20, "lookups refused: {:?}", counts(&up));
+    for _ in 0..100 {
+        gw.create_user(valid()).await.unwrap();
+    }
+    assert_eq!(counts(&up).0, 650);
 }

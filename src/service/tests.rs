@@ -102,9 +102,9 @@ fn gateway(script: Vec<UpstreamError>, max_attempts: u32) -> (ChimeGateway<Arc<S
         script: Mutex::new(script.into()),
         ..Default::default()
     });
-    // The send rate has tests of its own (`retry_tests`, and below): here a 429 is a failure
-    // to retry like any other, not a lesson in pacing.
-    let gateway = ChimeGateway::new(upstream.clone(), policy(max_attempts), 4).with_send_rate(SendRate::Off);
+    // Every protection at its default: the retry budget's reserve and the adaptive throttle
+    // never stand in the way of the few faults a test scripts.
+    let gateway = ChimeGateway::new(upstream.clone(), policy(max_attempts), 4);
     (gateway, upstream)
 }
 
@@ -337,7 +337,7 @@ async fn a_conflict_on_the_repeat_of_a_call_left_in_doubt_is_looked_up() {
 #[tokio::test]
 async fn a_conflict_on_the_repeat_of_a_call_that_provably_sent_nothing_is_not_looked_up() {
     let up = scripted(vec![status(429, None), status(409, None)], vec![found("x")]);
-    let gw = ChimeGateway::new(up.clone(), policy(1), 4).with_send_rate(SendRate::Off);
+    let gw = ChimeGateway::new(up.clone(), policy(1), 4);
     assert_eq!(
         gw.create_user(with_email(ID)).await.unwrap_err().code(),
         Code::ResourceExhausted
@@ -387,7 +387,7 @@ async fn final_refusals_are_kept_and_transient_ones_are_not() {
         (501, false),
     ] {
         let up = scripted(vec![status(http, None)], vec![]);
-        let gw = ChimeGateway::new(up.clone(), policy(1), 4).with_send_rate(SendRate::Off);
+        let gw = ChimeGateway::new(up.clone(), policy(1), 4);
         let mut request = with_email(ID).into_inner();
         // No email: nothing is looked up, so only the keeping is under test.
         request.email = None;

@@ -1,42 +1,35 @@
-//! The upstream requests of a call: each waits for a send slot, takes what the retry budget asks
-//! of requests beyond the first, and lets the send rate learn from its answer.
+//! The upstream requests of a call: each asks the adaptive throttle of its operation, takes what
+//! the retry budget asks of requests beyond the first, and lets the throttle learn from its answer.
 
 use std::time::Duration;
 
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::Instrument;
 
-use super::{ChimeGateway, Lookup, SEND_MARGIN};
+use super::{ChimeGateway, Lookup};
 use crate::{
     chime::{Created, Upstream},
     error::{self, Reconciliation, UpstreamError},
-    metrics::WaitingGuard,
-    retry::{Extra, NoSlot, Withdrawal},
+    retry::{Extra, NoSlot, Operation, Sent, Withdrawal},
 };
 
 impl<U: Upstream> ChimeGateway<U> {
-    /// Waits for a send slot (`--upstream-rate`), if it comes before `deadline`.
-    pub(super) async fn send_slot(&self, deadline: Instant) -> Result<(), NoSlot> {
-        // A request sent in the call's last moments could not be answered in time.
-        let deadline = deadline.checked_sub(SEND_MARGIN).unwrap_or(deadline);
-        let slot = match self.limiter.acquire(deadline) {
-            Ok(None) => return Ok(()),
-            Ok(Some(slot)) => slot,
-            Err(no_slot) => {
-                self.metrics.slot_refused();
-                return Err(no_slot);
-            }
-        };
-        let _waiting = WaitingGuard::for_send_slot(&self.metrics);
-        let waited = self.limiter.wait(slot, deadline).await;
-        if waited.is_err() {
-            self.metrics.slot_refused();
-        }
-        waited
+    /// Whether the adaptive throttle lets a create go now (`_deadline`: the throttle decides at
+    /// once, never by waiting).
+    pub(super) async fn send_slot(&self, _deadline: Instant) -> Result<(), NoSlot> {
+        self.throttle(Operation::CreateUser)
     }
 
-    /// Takes the retry budget's tokens for one more request, counting a refusal.
-    pub(super) fn withdraw(&self, extra: Extra) -> Option<Withdrawal> {
+    fn throttle(&self, op: Operation) -> Result<(), NoSlot> {
+        let decided = self.limiter.acquire(op);
+        if decided.is_err() {
+            self.metrics.throttle_refused(op.as_str());
+        }
+        decided
+    }
+
+    /// Takes the retry budget's request for one more, counting a refusal.
+    pub(super) fn withdraw(&self, extra: Extra) -> Option<Withdrawal<'_>> {
         let withdrawal = self.budget.withdraw(extra);
         if withdrawal.is_none() {
             self.metrics.budget_refused(extra.as_str());
@@ -45,20 +38,22 @@ impl<U: Upstream> ChimeGateway<U> {
         withdrawal
     }
 
-    pub(super) fn refund(&self, withdrawal: Withdrawal) {
+    pub(super) fn refund(&self, withdrawal: Withdrawal<'_>) {
         self.budget.refund(withdrawal);
         self.metrics.budget_balance(self.budget.balance());
     }
 
-    pub(super) fn succeeded(&self, retry: Option<Withdrawal>) {
+    pub(super) fn succeeded(&self, retry: Option<Sent>) {
         self.budget.succeeded(retry);
         self.metrics.budget_balance(self.budget.balance());
     }
 
-    /// Lets the send rate learn from the HTTP status of an answer to a request sent at `sent`.
-    pub(super) fn answered(&self, http_status: Option<u16>, sent: Instant) {
+    /// Lets the throttle of `op` learn from the HTTP status of an answer.
+    fn answered(&self, op: Operation, http_status: Option<u16>) {
         if let Some(status) = http_status {
-            self.metrics.send_rate(self.limiter.record(status == 429, sent));
+            self.limiter.record(op, status == 429);
+            self.metrics
+                .throttle_refusing(op.as_str(), self.limiter.refusal_probability(op));
         }
     }
 
@@ -76,7 +71,6 @@ impl<U: Upstream> ChimeGateway<U> {
             attempt = n,
         );
         // Boxed, so a call that waits for a connection holds a small future, not the SDK's.
-        let sent_at = Instant::now();
         let sent = Box::pin(self.upstream.create_user(input).instrument(span));
         let result = timeout(self.policy.upstream_timeout, sent)
             .await
@@ -85,7 +79,7 @@ impl<U: Upstream> ChimeGateway<U> {
             Ok(_) => Some(201),
             Err(error) => error.http_status(),
         };
-        self.answered(http_status, sent_at);
+        self.answered(Operation::CreateUser, http_status);
         meter.finish(http_status);
         result
     }
@@ -110,7 +104,7 @@ impl<U: Upstream> ChimeGateway<U> {
             };
             Some(withdrawal)
         };
-        if self.send_slot(deadline).await.is_err() {
+        if self.throttle(Operation::ListUsers).is_err() {
             if let Some(withdrawal) = withdrawal {
                 self.refund(withdrawal);
             }
@@ -118,8 +112,9 @@ impl<U: Upstream> ChimeGateway<U> {
                 budget_exhausted: false,
             };
         }
-        let sent_at = Instant::now();
-        let limit = deadline.min(sent_at + self.policy.upstream_timeout);
+        // Sent from here: a call dropped during the lookup has spent its withdrawal.
+        let _spent = withdrawal.map(Withdrawal::sent);
+        let limit = deadline.min(Instant::now() + self.policy.upstream_timeout);
         let span = tracing::info_span!("chime.reconcile", otel.kind = "client", rpc.system = "aws-api",);
         let found = Box::pin(
             self.upstream
@@ -130,7 +125,7 @@ impl<U: Upstream> ChimeGateway<U> {
             Ok(Ok(Some(found))) => (Lookup::Found(Box::new(found)), "found"),
             Ok(Ok(None)) => (Lookup::Missing(Reconciliation::NotFound), "not_found"),
             Ok(Err(error)) => {
-                self.answered(error.http_status(), sent_at);
+                self.answered(Operation::ListUsers, error.http_status());
                 (Lookup::Missing(Reconciliation::Failed), "failed")
             }
             Err(_) => (Lookup::Missing(Reconciliation::Failed), "failed"),
@@ -139,7 +134,7 @@ impl<U: Upstream> ChimeGateway<U> {
             lookup,
             Lookup::Found(_) | Lookup::Missing(Reconciliation::NotFound)
         ) {
-            self.answered(Some(200), sent_at);
+            self.answered(Operation::ListUsers, Some(200));
         }
         self.metrics.reconciled(outcome);
         lookup
