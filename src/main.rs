@@ -9,7 +9,7 @@ use chime_gateway::{
     idempotency::{Journal, Recovered},
     listeners::{self, Bound},
     server::{self, ServeOptions},
-    service::{Backoff, CallPolicy, ChimeGateway},
+    service::{Backoff, CallPolicy, ChimeGateway, RequestIds},
     telemetry,
 };
 use clap::Parser;
@@ -173,19 +173,21 @@ async fn serve(
         backoff: Backoff::default(),
         reconcile: config.reconcile,
     };
-    let gateway = ChimeGateway::new(upstream, policy, config.max_concurrency.get())
-        .with_upstream_connections(config.upstream_max_connections.get())
-        .with_idempotency(config.idempotency_ttl, config.idempotency_capacity)
-        .with_retry_budget(config.retry_budget())
-        .with_send_rate(config.adaptive_throttle);
-    let gateway = match journal {
+    let (ttl, capacity) = (config.idempotency_ttl, config.idempotency_capacity);
+    let (request_ids, damaged) = match journal {
         Some((journal, recovered)) => {
             log_recovered(&recovered);
-            gateway.metrics().journal_damaged(recovered.damaged);
-            gateway.with_journal(journal, &recovered)
+            let damaged = recovered.damaged;
+            (RequestIds::journaled(ttl, capacity, journal, recovered), damaged)
         }
-        None => gateway,
+        None => (RequestIds::in_memory(ttl, capacity), 0),
     };
+    let gateway = ChimeGateway::new(upstream, policy, config.max_concurrency.get())
+        .with_upstream_connections(config.upstream_max_connections.get())
+        .with_request_ids(request_ids)
+        .with_retry_budget(config.retry_budget())
+        .with_send_rate(config.adaptive_throttle);
+    gateway.metrics().journal_damaged(damaged);
     let shutdown =
         server::shutdown_signal().map_err(|e| anyhow::anyhow!("cannot install the signal handlers: {e}"))?;
     println!("chime-gateway: serving chime.v1.ChimeService on {api_addr}");

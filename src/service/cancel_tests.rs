@@ -279,7 +279,13 @@ fn gateway_over(chime: &Arc<Chime>, dir: Option<&StateDir>, shape: &Shape) -> Ch
     match dir {
         Some(dir) => {
             let (journal, recovered) = Journal::open(&dir.0, DEFAULT_IDEMPOTENCY_TTL, 100).unwrap();
-            gw.with_journal(journal, &recovered)
+            let capacity = DEFAULT_IDEMPOTENCY_CAPACITY;
+            gw.with_request_ids(RequestIds::journaled(
+                DEFAULT_IDEMPOTENCY_TTL,
+                capacity,
+                journal,
+                recovered,
+            ))
         }
         None => gw,
     }

@@ -123,6 +123,36 @@ impl Failed {
     }
 }
 
+/// How a gateway keeps request ids (docs/design.md §7): the memory's bounds, and the journal of
+/// `--state-dir`, which comes with them or not at all.
+#[derive(Debug)]
+pub struct RequestIds {
+    ttl: Duration,
+    capacity: u64,
+    journal: Option<(Journal, Recovered)>,
+}
+
+impl RequestIds {
+    /// Each request id's outcome kept for `ttl`, and at most `capacity` of them, in memory.
+    pub fn in_memory(ttl: Duration, capacity: u64) -> Self {
+        Self {
+            ttl,
+            capacity,
+            journal: None,
+        }
+    }
+
+    /// The same, with the ids in doubt written to `journal` too, starting from those it
+    /// recovered.
+    pub fn journaled(ttl: Duration, capacity: u64, journal: Journal, recovered: Recovered) -> Self {
+        Self {
+            ttl,
+            capacity,
+            journal: Some((journal, recovered)),
+        }
+    }
+}
+
 /// The `ChimeService` implementation, generic over the upstream so tests can swap it.
 pub struct ChimeGateway<U> {
     upstream: Arc<U>,
@@ -188,16 +218,14 @@ impl<U: Upstream> ChimeGateway<U> {
         self
     }
 
-    /// Keeps each request id's outcome for `ttl`, and at most `capacity` of them.
-    pub fn with_idempotency(mut self, ttl: Duration, capacity: u64) -> Self {
-        self.ledger = Ledger::new(ttl, capacity);
-        self
-    }
-
-    /// Writes the request ids in doubt to `journal` (`--state-dir`), starting from those it
-    /// recovered: call after [`ChimeGateway::with_idempotency`].
-    pub fn with_journal(mut self, journal: Journal, recovered: &Recovered) -> Self {
-        self.ledger.attach_journal(journal, &recovered.in_doubt);
+    /// Keeps request ids as `ids` says: for how long, how many, and (with `--state-dir`) the
+    /// journal that makes the ids in doubt outlive the process.
+    pub fn with_request_ids(mut self, ids: RequestIds) -> Self {
+        let mut ledger = Ledger::new(ids.ttl, ids.capacity);
+        if let Some((journal, recovered)) = ids.journal {
+            ledger.attach_journal(journal, &recovered.in_doubt);
+        }
+        self.ledger = ledger;
         self
     }
 

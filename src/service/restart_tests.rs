@@ -20,7 +20,13 @@ impl Drop for TempDir {
 
 fn journaled(up: &Arc<Scripted>, dir: &TempDir) -> ChimeGateway<Arc<Scripted>> {
     let (journal, recovered) = Journal::open(&dir.0, DEFAULT_IDEMPOTENCY_TTL, 100).unwrap();
-    ChimeGateway::new(up.clone(), policy(3), 4).with_journal(journal, &recovered)
+    let ids = RequestIds::journaled(
+        DEFAULT_IDEMPOTENCY_TTL,
+        DEFAULT_IDEMPOTENCY_CAPACITY,
+        journal,
+        recovered,
+    );
+    ChimeGateway::new(up.clone(), policy(3), 4).with_request_ids(ids)
 }
 
 fn declared(
