@@ -6,7 +6,10 @@
 //! contract, and after a 409 that is ALREADY_EXISTS (with `reconciliation: failed`), which this
 //! test's callers must never see. tests/reconciliation.rs covers failed lookups.
 //!
-//! The gateway keeps its retry budget at the defaults; its send rate is off (see `run`).
+//! Every protection is at its default (the retry budget, the send rate). The same chaos runs
+//! three ways: on a fresh gateway; after a throttle on another account of the same credentials;
+//! and with `--state-dir`, the gateway drained and restarted on the same directory and address in
+//! the middle of the run, its calls in flight cut by the drain.
 //!
 //! With reconciliation on, every caller must end with OK and its own user, the emulator must hold
 //! exactly one user per email, and no caller may ever see ALREADY_EXISTS. The same run with
@@ -25,9 +28,12 @@ use std::{
 
 use chime_gateway::{
     emulator::{ChaosConfig, DEMO_ACCOUNT_ID, Emulator, Fault, Operation, TypeLocation},
+    idempotency::Journal,
     pb::chime::v1::{CreateUserRequest, UserType, chime_service_client::ChimeServiceClient},
     server::ServeOptions,
-    service::{Backoff, CallPolicy, ChimeGateway},
+    service::{
+        Backoff, CallPolicy, ChimeGateway, DEFAULT_IDEMPOTENCY_CAPACITY, DEFAULT_IDEMPOTENCY_TTL, RequestIds,
+    },
 };
 use common::{Gateway, emulator, request, upstream_for};
 use tokio::sync::Semaphore;
@@ -123,16 +129,22 @@ async fn one_caller(mut client: ChimeServiceClient<Channel>, i: usize, seed: u64
     caller
 }
 
-/// Runs every caller against a gateway with `reconcile` and a chaotic emulator.
-async fn run(seed: u64, reconcile: bool) -> (Emulator, Vec<Caller>) {
-    let emu = emulator().await;
-    emu.set_chaos(Some(ChaosConfig {
-        seed,
-        share: 0.5,
-        faults: faults(),
-        operation: Some(Operation::CreateUser),
-    }));
-    let policy = CallPolicy {
+/// What happens to the gateway around the callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// A fresh gateway.
+    Fresh,
+    /// Another account of the same credentials was throttled just before.
+    AfterThrottle,
+    /// `--state-dir`; drained and restarted on the same directory and address mid-run.
+    Restart,
+}
+
+/// Another account of the emulator, throttled before the callers come.
+const OTHER_ACCOUNT: &str = "0f0e0d0c-0b0a-0908-0706-050403020100";
+
+fn policy(reconcile: bool) -> CallPolicy {
+    CallPolicy {
         upstream_timeout: Duration::from_millis(400),
         default_deadline: Duration::from_secs(3),
         max_attempts: 3,
@@ -141,12 +153,69 @@ async fn run(seed: u64, reconcile: bool) -> (Emulator, Vec<Caller>) {
             max: Duration::from_millis(20),
         },
         reconcile,
-    };
-    // Every protection at its default: the 429s come at random, below the adaptive throttle's
-    // headroom, and the retry budget earns what the calls that succeed give it.
-    let gateway = ChimeGateway::new(upstream_for(&emu).await, policy, 64);
-    let gw = Gateway::serve(gateway, ServeOptions::with_grace(Duration::from_secs(5))).await;
-    let client = gw.client().await;
+    }
+}
+
+/// A gateway at its defaults in front of `emu`, with the journal in `state_dir` if given.
+async fn gateway(
+    emu: &Emulator,
+    reconcile: bool,
+    state_dir: Option<&std::path::Path>,
+) -> ChimeGateway<chime_gateway::chime::SdkUpstream> {
+    let gateway = ChimeGateway::new(upstream_for(emu).await, policy(reconcile), 64);
+    match state_dir {
+        Some(dir) => {
+            let (journal, recovered) = Journal::open(dir, DEFAULT_IDEMPOTENCY_TTL, 10_000).unwrap();
+            let ids = RequestIds::journaled(
+                DEFAULT_IDEMPOTENCY_TTL,
+                DEFAULT_IDEMPOTENCY_CAPACITY,
+                journal,
+                recovered,
+            );
+            gateway.with_request_ids(ids)
+        }
+        None => gateway,
+    }
+}
+
+/// Calls to another account of the same credentials, as other callers of the sidecar make them:
+/// served, then throttled by Chime (the throttle is the credentials', not the account's).
+async fn throttle_another_account(emu: &Emulator, client: &mut ChimeServiceClient<Channel>) {
+    emu.add_account(OTHER_ACCOUNT);
+    for n in 0..20 {
+        let request = CreateUserRequest {
+            account_id: OTHER_ACCOUNT.into(),
+            ..request(Some(&format!("served-{n}@example.com")), UserType::PrivateUser)
+        };
+        client.create_user(request).await.unwrap();
+    }
+    emu.inject(error(429, Some("ThrottledClientException")), 6);
+    for n in 0..6 {
+        let request = CreateUserRequest {
+            account_id: OTHER_ACCOUNT.into(),
+            ..request(Some(&format!("elsewhere-{n}@example.com")), UserType::PrivateUser)
+        };
+        let _ = client.create_user(request).await;
+    }
+}
+
+/// Runs every caller against a gateway with `reconcile` and a chaotic emulator.
+async fn run(seed: u64, reconcile: bool, scenario: Scenario) -> (Emulator, Vec<Caller>) {
+    let emu = emulator().await;
+    let state_dir = std::env::temp_dir().join(format!("chime-chaos-{}", uuid::Uuid::new_v4()));
+    let journaled = (scenario == Scenario::Restart).then_some(state_dir.as_path());
+    let options = || ServeOptions::with_grace(Duration::from_millis(200));
+    let gw = Gateway::serve(gateway(&emu, reconcile, journaled).await, options()).await;
+    let mut client = gw.client().await;
+    if scenario == Scenario::AfterThrottle {
+        throttle_another_account(&emu, &mut client).await;
+    }
+    emu.set_chaos(Some(ChaosConfig {
+        seed,
+        share: 0.5,
+        faults: faults(),
+        operation: Some(Operation::CreateUser),
+    }));
     let callers = setting("CHAOS_CALLERS").unwrap_or(300) as usize;
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
     let tasks: Vec<_> = (0..callers)
@@ -158,11 +227,23 @@ async fn run(seed: u64, reconcile: bool) -> (Emulator, Vec<Caller>) {
             })
         })
         .collect();
+    let gw = if scenario == Scenario::Restart {
+        // Mid-run: a rolling restart. The drain's grace is short, so calls in flight are cut.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let addr = gw.addr;
+        gw.stop().await;
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        Gateway::serve_on(listener, gateway(&emu, reconcile, journaled).await, options())
+    } else {
+        gw
+    };
     let mut ended = Vec::new();
     for task in tasks {
         ended.push(task.await.unwrap());
     }
     emu.set_chaos(None);
+    gw.stop().await;
+    let _ = std::fs::remove_dir_all(&state_dir);
     (emu, ended)
 }
 
@@ -172,11 +253,12 @@ fn seed() -> u64 {
     seed
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_caller_ends_with_exactly_its_own_user_under_chaos() {
+/// Every caller ends with OK and its own user, Chime holds one user per email, and no caller
+/// ever sees ALREADY_EXISTS.
+async fn every_caller_ends_with_its_own_user(scenario: Scenario) {
     let seed = seed();
     let started = Instant::now();
-    let (emu, callers) = run(seed, true).await;
+    let (emu, callers) = run(seed, true, scenario).await;
     let stored: HashMap<String, String> = emu
         .users(DEMO_ACCOUNT_ID)
         .unwrap()
@@ -184,7 +266,10 @@ async fn every_caller_ends_with_exactly_its_own_user_under_chaos() {
         .map(|u| (u.email.unwrap(), u.user_id))
         .collect();
     for c in &callers {
-        let context = format!("seed {seed}, {}: {:?} after {} tries", c.email, c.codes, c.tries);
+        let context = format!(
+            "seed {seed}, {scenario:?}, {}: {:?} after {} tries",
+            c.email, c.codes, c.tries
+        );
         assert!(!c.saw_already_exists, "ALREADY_EXISTS: {context}");
         let user_id = c
             .user_id
@@ -200,20 +285,40 @@ async fn every_caller_ends_with_exactly_its_own_user_under_chaos() {
     assert_eq!(
         emu.user_count(DEMO_ACCOUNT_ID),
         Some(callers.len()),
-        "seed {seed}: one user per email"
+        "seed {seed}, {scenario:?}: one user per email"
     );
     let retried = callers.iter().filter(|c| c.tries > 1).count();
+    let refused = callers
+        .iter()
+        .flat_map(|c| &c.codes)
+        .filter(|c| **c == Code::ResourceExhausted)
+        .count();
     eprintln!(
-        "chaos seed {seed}, reconcile on: {} callers all OK with their own user, {retried} of them after a retry, {:.1} s",
+        "chaos seed {seed}, {scenario:?}, reconcile on: {} callers all OK with their own user, {retried} of them after a retry, {refused} RESOURCE_EXHAUSTED on the way, {:.1} s",
         callers.len(),
         started.elapsed().as_secs_f64()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_caller_ends_with_exactly_its_own_user_under_chaos() {
+    every_caller_ends_with_its_own_user(Scenario::Fresh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_caller_ends_with_its_own_user_after_a_throttle_on_another_account() {
+    every_caller_ends_with_its_own_user(Scenario::AfterThrottle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_caller_ends_with_its_own_user_across_a_rolling_restart_with_a_state_dir() {
+    every_caller_ends_with_its_own_user(Scenario::Restart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_reconciliation_the_same_chaos_fails_callers() {
     let seed = seed();
-    let (emu, callers) = run(seed, false).await;
+    let (emu, callers) = run(seed, false, Scenario::Fresh).await;
     let already_exists = callers.iter().filter(|c| c.saw_already_exists).count();
     let never_ok = callers.iter().filter(|c| c.user_id.is_none()).count();
     eprintln!(

@@ -74,6 +74,16 @@ impl Gateway {
     /// Serves a gateway built by the test.
     pub async fn serve<U: Upstream>(gateway: ChimeGateway<U>, options: ServeOptions) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        Self::serve_on(listener, gateway, options)
+    }
+
+    /// Serves a gateway built by the test on `listener` (the address of one stopped before it,
+    /// for a restart).
+    pub fn serve_on<U: Upstream>(
+        listener: TcpListener,
+        gateway: ChimeGateway<U>,
+        options: ServeOptions,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::run(listener, gateway, options, async {
@@ -122,6 +132,12 @@ impl Gateway {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Shuts down, as SIGTERM does, and waits for the server to end.
+    pub async fn stop(mut self) {
+        self.shutdown();
+        self.task.await.unwrap().unwrap();
     }
 }
 
