@@ -3,15 +3,16 @@
 //!
 //! One bounded, expiring map (`ledger`), keyed by a 128-bit hash of the account and the id, holds
 //! one entry per key:
-//! - *running*: the first call is in flight. Calls with the same key and request wait for it and
-//!   get its answer, even one that is not kept; a call with another request is told the id is
-//!   reused.
+//! - *running*: the first call is in flight, and what it knows of its outcome ([`Progress`]: an
+//!   attempt in flight, an unknown outcome) is kept here, beside it. Calls with the same key and
+//!   request wait for it and get its answer, even one that is not kept; a call with another
+//!   request is told the id is reused.
 //! - *kept*: the final outcome of the first call, with a fingerprint of its request. A repeat
 //!   with the same fingerprint gets it again; one with another fingerprint is a reused id.
-//! - *in doubt*: a marker left by a call that ended without knowing whether it created the user:
-//!   its attempt timed out or lost its connection, or the call itself was cancelled (dropped) while
-//!   an attempt was in flight. The next repeat then knows that a conflict may be its own earlier
-//!   create; a call that ends knowing the outcome replaces it.
+//! - *in doubt*: a marker left by a call that ended, however it ended (an answer, its deadline, a
+//!   refusal, its future dropped by a cancel or the shutdown drain), with an attempt in flight or
+//!   one whose outcome was unknown. The next repeat then knows that a conflict may be its own
+//!   earlier create; a call that ends with a final answer replaces it.
 //!
 //! With `--state-dir`, the in-doubt markers are also written to a journal (`journal`) before each
 //! call's first attempt leaves, so that a restarted process still knows them. Keys and
