@@ -152,6 +152,7 @@ const PREFACE_LEN: usize = 24;
 /// preface for ever, and its keep-alive PINGs begin only after it.
 #[derive(Debug)]
 pub struct Preface<S> {
+    /// The accepted connection.
     inner: S,
     /// `None` once the preface has come.
     deadline: Option<Pin<Box<Sleep>>>,

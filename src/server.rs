@@ -4,6 +4,10 @@
 //! stop accepting, give in-flight calls the grace period, cancel what is left, and close the
 //! health port last.
 //!
+//! What one caller connection may cost is set here, on purpose, for every listener
+//! ([`ConnectionLimits`] and the fixed limits beside it): the HTTP/2 limits h2 enforces and
+//! advertises, and the time a connection gets to begin. The `:authority` mender reads the same.
+//!
 //! `run` takes already-bound listeners, so tests start exactly the server production runs.
 
 use std::{convert::Infallible, future::Future, path::Path, sync::Arc, time::Duration};
