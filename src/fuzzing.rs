@@ -449,7 +449,7 @@ pub fn unix_authority(data: &[u8]) {
     let (requests, _) = served_by_h2(&whole[..written], &limits);
     let mut decoder = loona_hpack::Decoder::new();
     decoder.set_max_allowed_table_size(0);
-    let written_fields: Vec<Vec<(Vec<u8>, Vec<u8>)>> = blocks
+    let written_fields: Vec<Fields> = blocks
         .iter()
         .filter_map(|(_, fragment)| decoder.decode(fragment).ok())
         .collect();
@@ -465,6 +465,7 @@ pub fn unix_authority(data: &[u8]) {
             .all(|(n, v)| n != b":authority" || crate::authority::acceptable(v)),
         "an :authority h2 refuses was written"
     );
+    let sent_fields = client_fields(input);
     for request in requests {
         if let Some(authority) = request.uri.authority() {
             assert!(crate::authority::acceptable(authority.as_str().as_bytes()));
@@ -488,8 +489,36 @@ pub fn unix_authority(data: &[u8]) {
             matches,
             "h2 handed the service fields no written block has: {got:?}"
         );
+        if let Some(sent) = &sent_fields {
+            let as_sent = sent.iter().any(|fields| {
+                let mut regular: Vec<_> = fields
+                    .iter()
+                    .filter(|(n, _)| !n.starts_with(b":"))
+                    .cloned()
+                    .collect();
+                regular.sort();
+                regular == got
+            });
+            assert!(
+                as_sent,
+                "h2 handed the service fields the client did not send: {got:?}"
+            );
+        }
     }
 }
+
+/// The fields of each header block the client sent, decoded with its dynamic table as the
+/// client encoded them; `None` when they do not decode.
+fn client_fields(input: &[u8]) -> Option<Vec<Fields>> {
+    let mut decoder = loona_hpack::Decoder::new();
+    header_blocks(input)
+        .iter()
+        .map(|(_, fragment)| decoder.decode(fragment).ok())
+        .collect()
+}
+
+/// A header block's fields, as (name, value).
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The header blocks a client sent in `bytes` (a preface, then frames, maybe padded).
 fn header_blocks(bytes: &[u8]) -> Vec<(u32, Vec<u8>)> {
@@ -748,6 +777,83 @@ mod tests {
                 text.into_bytes()
             },
         )
+    }
+
+    /// What a gRPC client sends over the socket: the preface, then requests whose blocks mix
+    /// the client's dynamic table, literals and never-indexed fields, with the socket's path,
+    /// a host or no `:authority`, some large enough to need CONTINUATION frames or to pass the
+    /// cap, each maybe followed by a message.
+    fn unix_connections() -> impl Strategy<Value = Vec<u8>> {
+        let authority = prop_oneof![
+            Just(Some(b"/var/run/chime-gateway/grpc.sock".to_vec())),
+            Just(Some(b"%2Ftmp%2Fgrpc.sock".to_vec())),
+            Just(Some(b"localhost".to_vec())),
+            Just(None),
+        ];
+        let field = (
+            "[a-z][a-z0-9-]{0,12}",
+            prop_oneof![4 => "[ -~]{0,40}", 1 => (0usize..20_000).prop_map(|n| "v".repeat(n))],
+            any::<bool>(),
+        );
+        let request = (prop::collection::vec(field, 0..6), any::<bool>(), any::<bool>());
+        (1u8..=255, authority, prop::collection::vec(request, 1..5)).prop_map(
+            |(chunk, authority, requests)| {
+                let mut encoder = loona_hpack::Encoder::new();
+                let mut bytes = vec![chunk];
+                bytes.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0");
+                for (i, (fields, literal, message)) in (0u32..).zip(requests) {
+                    let mut pseudo: Vec<(Vec<u8>, Vec<u8>)> = vec![
+                        (b":method".to_vec(), b"POST".to_vec()),
+                        (b":scheme".to_vec(), b"http".to_vec()),
+                        (b":path".to_vec(), b"/chime.v1.ChimeService/CreateUser".to_vec()),
+                    ];
+                    if let Some(a) = &authority {
+                        pseudo.push((b":authority".to_vec(), a.clone()));
+                    }
+                    let mut block = encoder.encode(pseudo.iter().map(|(n, v)| (&n[..], &v[..])));
+                    for (name, value, never) in fields {
+                        if literal || never {
+                            block.push(if never { 0x10 } else { 0 });
+                            for s in [name.as_bytes(), value.as_bytes()] {
+                                loona_hpack::encoder::encode_integer_into(s.len(), 7, 0, &mut block).unwrap();
+                                block.extend_from_slice(s);
+                            }
+                        } else {
+                            block.extend(encoder.encode([(name.as_bytes(), value.as_bytes())]));
+                        }
+                    }
+                    let stream = 2 * i + 1;
+                    let end_stream = if message { 0 } else { 0x1 };
+                    let mut pieces = block.chunks(16_384).peekable();
+                    let mut kind = 0x1;
+                    while let Some(piece) = pieces.next() {
+                        let mut flags = if kind == 0x1 { end_stream } else { 0 };
+                        if pieces.peek().is_none() {
+                            flags |= 0x4;
+                        }
+                        bytes.extend_from_slice(&u32::try_from(piece.len()).unwrap().to_be_bytes()[1..]);
+                        bytes.extend_from_slice(&[kind, flags]);
+                        bytes.extend_from_slice(&stream.to_be_bytes());
+                        bytes.extend_from_slice(piece);
+                        kind = 0x9;
+                    }
+                    if message {
+                        bytes.extend_from_slice(&[0, 0, 7, 0, 0x1]);
+                        bytes.extend_from_slice(&stream.to_be_bytes());
+                        bytes.extend_from_slice(&[0, 0, 0, 0, 2, 0x0a, 0]);
+                    }
+                }
+                bytes
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn the_unix_authority_holds_against_h2(data in unix_connections()) {
+            unix_authority(&data);
+        }
     }
 
     proptest! {
