@@ -54,7 +54,7 @@ where
     let idle = gw.rss_kib();
     gw.reset_peak();
     let authority = match &gw.target {
-        Target::Unix(path) => path.display().to_string().into_bytes(),
+        Target::Unix(path) | Target::UnixTls(path, _) => path.display().to_string().into_bytes(),
         _ => b"localhost".to_vec(),
     };
     let (sent, sent_rx) = oneshot::channel();
@@ -468,17 +468,23 @@ fn first_bytes(target: &Target) -> Vec<u8> {
     hello
 }
 
-/// A hundred connections whose first bytes come one every 100 ms, or never: each is closed when
-/// the handshake timeout passes, with no answer but the end of the connection.
+/// A hundred connections whose first bytes come one every 100 ms, or never (under TLS, half of
+/// them after a handshake done at once): each is closed when the handshake timeout passes, with
+/// no answer but the end of the connection.
 async fn slow_starts(target: Target, sent: oneshot::Sender<()>, pause: Option<Duration>) -> Vec<Duration> {
-    let bytes = first_bytes(&target);
+    let first = first_bytes(&target);
     let connections: Vec<_> = (0..100)
-        .map(|_| {
-            let (target, bytes) = (target.clone(), bytes.clone());
+        .map(|i| {
+            // Under TLS, half finish the handshake first: then the HTTP/2 preface is what is late.
+            let handshaken = matches!(target, Target::Tls(..)) && i % 2 == 1;
+            let bytes = if handshaken { opening() } else { first.clone() };
+            let target = target.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
                 let conn: std::pin::Pin<Box<dyn Io>> = match &target {
-                    Target::Tls(addr, _) => Box::pin(tokio::net::TcpStream::connect(addr).await.unwrap()),
+                    Target::Tls(addr, _) if !handshaken => {
+                        Box::pin(tokio::net::TcpStream::connect(addr).await.unwrap())
+                    }
                     other => connect(other).await,
                 };
                 let (read, mut write) = split(conn);
@@ -591,4 +597,22 @@ async fn the_mender_follows_the_header_list_size_setting() {
         let answer = send_for(gw.target.clone(), bytes, tx, Duration::from_millis(500)).await;
         assert_eq!(answer.http_statuses, [(1, status)], "{size}: {answer:?}");
     }
+}
+
+/// With TLS on a socket the mender sits above TLS: a request whose `:authority` is the socket's
+/// path is served, and an honest client over TLS on the socket is too.
+#[tokio::test]
+async fn tls_on_a_socket_mends_the_authority() {
+    let gw = Gateway::start(Listener::UnixTls, "unix-tls", &[]).await;
+    let Target::UnixTls(path, _) = &gw.target else {
+        unreachable!()
+    };
+    let mut bytes = opening();
+    let block = plain_block(&request_fields(path.display().to_string().as_bytes()));
+    bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &block));
+    let (tx, _) = oneshot::channel();
+    let answer = send_for(gw.target.clone(), bytes, tx, Duration::from_millis(500)).await;
+    assert_eq!(answer.http_statuses, [(1, 200)], "{answer:?}");
+    assert!(answer.resets.is_empty(), "{answer:?}");
+    honest_call(&gw.channel().await, 1).await;
 }
