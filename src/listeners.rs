@@ -296,6 +296,33 @@ mod tests {
         dir.join("grpc.sock")
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_its_preface_by_the_deadline_fails_to_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut preface = Preface::new(server, Duration::from_secs(10));
+        client.write_all(&[b'P'; PREFACE_LEN - 1]).await.unwrap();
+        let mut buf = [0; 64];
+        assert_eq!(preface.read(&mut buf).await.unwrap(), PREFACE_LEN - 1);
+        let started = Instant::now();
+        let error = preface.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sent_its_preface_is_timed_no_more() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut preface = Preface::new(server, Duration::from_secs(10));
+        client.write_all(&[b'P'; PREFACE_LEN]).await.unwrap();
+        let mut buf = [0; 64];
+        assert_eq!(preface.read(&mut buf).await.unwrap(), PREFACE_LEN);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        client.write_all(b"later").await.unwrap();
+        assert_eq!(preface.read(&mut buf).await.unwrap(), 5);
+    }
+
     #[tokio::test]
     async fn a_socket_gets_its_mode_and_is_removed_when_dropped() {
         let path = temp_path("mode");
