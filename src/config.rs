@@ -154,8 +154,8 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
     pub http2_max_header_list_size: u32,
 
-    /// How long a new caller connection gets to finish its TLS handshake, or on plaintext to send
-    /// the HTTP/2 preface, before it is closed.
+    /// How long a new caller connection gets to finish its TLS handshake (if any) and send the
+    /// HTTP/2 preface, before it is closed.
     #[arg(long, env = ENV_HANDSHAKE_TIMEOUT, default_value = "10s", value_parser = positive_duration)]
     pub handshake_timeout: Duration,
 

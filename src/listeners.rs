@@ -6,8 +6,9 @@
 //! replaced; one that a live process still serves is never taken over; the file gets
 //! `--listen-mode` and is removed when the gateway stops.
 //!
-//! An accepted connection must begin within the handshake timeout ([`Preface`]): one that sends
-//! nothing, or its first bytes one at a time, is closed instead of held for ever.
+//! An accepted connection must begin within the handshake timeout: finish its TLS handshake
+//! ([`tls_handshakes`]) and send the HTTP/2 preface ([`Preface`]). One that sends nothing, or its
+//! first bytes one at a time, is closed instead of held for ever.
 
 use std::{
     future::Future,
@@ -23,8 +24,10 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, UnixListener},
-    time::Sleep,
+    time::{Instant, Sleep},
 };
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 
 use crate::config::{Config, ListenAddr};
 
@@ -146,12 +149,13 @@ pub fn unix(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), String
 /// Bytes a connection sends first: the HTTP/2 client preface (RFC 9113 section 3.4).
 const PREFACE_LEN: usize = 24;
 
-/// An accepted connection that must send its first bytes (the HTTP/2 preface; under TLS, the
-/// start of the handshake, which the TLS handshake timeout then bounds) within a deadline. Until
-/// it has, a read past the deadline fails, so hyper drops the connection: h2 itself waits for the
-/// preface for ever, and its keep-alive PINGs begin only after it.
+/// An accepted connection that must send the HTTP/2 preface (under TLS, after the handshake)
+/// within a deadline. Until it has, a read past the deadline fails, so hyper drops the
+/// connection: h2 itself waits for the preface for ever, and its keep-alive PINGs begin only
+/// after it.
 #[derive(Debug)]
 pub struct Preface<S> {
+    /// The accepted connection.
     inner: S,
     /// `None` once the preface has come.
     deadline: Option<Pin<Box<Sleep>>>,
@@ -162,12 +166,64 @@ pub struct Preface<S> {
 impl<S> Preface<S> {
     /// Wraps a connection accepted now, which gets `timeout` to send its preface.
     pub fn new(inner: S, timeout: Duration) -> Self {
+        Self::until(inner, Instant::now() + timeout)
+    }
+
+    /// Wraps a connection that must have sent its preface by `deadline`.
+    pub fn until(inner: S, deadline: Instant) -> Self {
         Self {
             inner,
-            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
             left: PREFACE_LEN,
         }
     }
+}
+
+/// Accepted connections through the TLS handshake, each within `timeout` of its accept (a
+/// connection that takes longer is closed), with the deadline its HTTP/2 preface must then
+/// meet. Handshakes run side by side, so a slow one holds up no other; accepting stops when
+/// the stream is dropped.
+pub fn tls_handshakes<S, I>(
+    accepted: I,
+    acceptor: TlsAcceptor,
+    timeout: Duration,
+) -> ReceiverStream<io::Result<(TlsStream<S>, Instant)>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: Stream<Item = io::Result<S>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut accepted = std::pin::pin!(accepted);
+        loop {
+            let next = tokio::select! {
+                next = accepted.next() => next,
+                () = tx.closed() => break,
+            };
+            let stream = match next {
+                None => break,
+                Some(Err(e)) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Some(Ok(stream)) => stream,
+            };
+            let deadline = Instant::now() + timeout;
+            let (tx, acceptor) = (tx.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok((stream, deadline))).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Preface<S> {
@@ -238,6 +294,33 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("chime-gw-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("grpc.sock")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_its_preface_by_the_deadline_fails_to_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut preface = Preface::new(server, Duration::from_secs(10));
+        client.write_all(&[b'P'; PREFACE_LEN - 1]).await.unwrap();
+        let mut buf = [0; 64];
+        assert_eq!(preface.read(&mut buf).await.unwrap(), PREFACE_LEN - 1);
+        let started = Instant::now();
+        let error = preface.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sent_its_preface_is_timed_no_more() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut preface = Preface::new(server, Duration::from_secs(10));
+        client.write_all(&[b'P'; PREFACE_LEN]).await.unwrap();
+        let mut buf = [0; 64];
+        assert_eq!(preface.read(&mut buf).await.unwrap(), PREFACE_LEN);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        client.write_all(b"later").await.unwrap();
+        assert_eq!(preface.read(&mut buf).await.unwrap(), 5);
     }
 
     #[tokio::test]

@@ -13,7 +13,6 @@ use chime_gateway::{
     telemetry,
 };
 use clap::Parser;
-use tonic::transport::ServerTlsConfig;
 
 /// Exit status for invalid configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -129,7 +128,7 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 async fn serve(
     config: Config,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<server::TlsConfig>,
     bound: Bound,
     journal: Option<(Journal, Recovered)>,
 ) -> Result<(), Failure> {

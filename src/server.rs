@@ -4,6 +4,10 @@
 //! stop accepting, give in-flight calls the grace period, cancel what is left, and close the
 //! health port last.
 //!
+//! What one caller connection may cost is set here, on purpose, for every listener
+//! ([`ConnectionLimits`] and the fixed limits beside it): the HTTP/2 limits h2 enforces and
+//! advertises, and the time a connection gets to begin. The `:authority` mender reads the same.
+//!
 //! `run` takes already-bound listeners, so tests start exactly the server production runs.
 
 use std::{convert::Infallible, future::Future, path::Path, sync::Arc, time::Duration};
@@ -16,15 +20,16 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::net::TcpListener;
+use tokio_rustls::{TlsAcceptor, rustls};
 use tokio_stream::{StreamExt, wrappers::UnixListenerStream};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 pub use crate::listeners::Listener;
 use crate::{
     authority::{self, Mended},
     chime::Upstream,
-    listeners::Preface,
+    listeners::{Preface, tls_handshakes},
     message_size::MessageSizeLayer,
     metrics::{GrpcMetricsLayer, Metrics},
     pb::{self, wire::chime_service_server::ChimeServiceServer},
@@ -70,8 +75,8 @@ pub struct ConnectionLimits {
     /// SETTINGS_MAX_HEADER_LIST_SIZE, counted as HTTP/2 counts it (`name + value + 32` per
     /// field): a larger request is refused (431), one four times larger closes the connection.
     pub max_header_list_size: u32,
-    /// How long a new connection gets for the TLS handshake, and on plaintext for the HTTP/2
-    /// preface; after it, HTTP/2 keep-alive PINGs find dead connections.
+    /// How long a new connection gets for its TLS handshake (if any) and the HTTP/2 preface;
+    /// after it, HTTP/2 keep-alive PINGs find dead connections.
     pub handshake_timeout: Duration,
 }
 
@@ -123,7 +128,7 @@ pub struct ServeOptions {
     /// Largest request or response message, in bytes.
     pub max_message_size: usize,
     /// TLS (and mTLS) for the API port; plaintext when `None`.
-    pub tls: Option<ServerTlsConfig>,
+    pub tls: Option<TlsConfig>,
     /// What one caller connection may cost.
     pub limits: ConnectionLimits,
 }
@@ -171,18 +176,54 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
-/// Reads the PEM files of `--tls-cert`, `--tls-key` and `--tls-client-ca`.
-pub fn tls_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> std::io::Result<ServerTlsConfig> {
+/// TLS for the API port: rustls, set up as tonic sets it up (ALPN `h2`; with a client CA, a client
+/// certificate signed by it is required). The gateway runs the handshake itself, under the
+/// handshake timeout and with the HTTP/2 preface timed after it, and puts the `:authority`
+/// mender above it on a Unix socket.
+#[derive(Clone)]
+pub struct TlsConfig(Arc<rustls::ServerConfig>);
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig").finish_non_exhaustive()
+    }
+}
+
+/// Reads the PEM files of `--tls-cert`, `--tls-key` and `--tls-client-ca`; an error names the
+/// file, or says what in them rustls refused.
+pub fn tls_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> std::io::Result<TlsConfig> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let invalid = |what: &str, e: &dyn std::fmt::Display| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}: {e}"))
+    };
     let read = |path: &Path| {
         std::fs::read(path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
     };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(ca) = client_ca {
-        tls = tls
-            .client_ca_root(Certificate::from_pem(read(ca)?))
-            .client_auth_optional(false);
-    }
-    Ok(tls)
+    let certs = |path: &Path| -> std::io::Result<Vec<CertificateDer<'static>>> {
+        CertificateDer::pem_slice_iter(&read(path)?)
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid(&path.display().to_string(), &e))
+    };
+    let chain = certs(cert)?;
+    let private_key =
+        PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| invalid(&key.display().to_string(), &e))?;
+    let builder = rustls::ServerConfig::builder();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(certs(ca)?);
+            let verifier = rustls::server::WebPkiClientVerifier::builder(roots.into())
+                .build()
+                .map_err(|e| invalid(&ca.display().to_string(), &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, private_key)
+        .map_err(|e| invalid(&cert.display().to_string(), &e))?;
+    config.alpn_protocols.push(b"h2".to_vec());
+    Ok(TlsConfig(Arc::new(config)))
 }
 
 type Serving = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
@@ -227,10 +268,7 @@ pub async fn run<U: Upstream>(
         .max_encoding_message_size(options.max_message_size);
     let limits = options.limits;
     let mut builder = limits.server();
-    let tls = options.tls.is_some();
-    if let Some(config) = options.tls {
-        builder = builder.tls_config(config.timeout(limits.handshake_timeout))?;
-    }
+    let tls = options.tls.map(|config| TlsAcceptor::from(config.0));
     if let Some(age) = options.max_connection_age {
         builder = builder.max_connection_age(age);
     }
@@ -249,20 +287,28 @@ pub async fn run<U: Upstream>(
     let stop = async {
         let _ = stop_rx.await;
     };
-    let server: Serving = match listener.into() {
-        Listener::Tcp(l) => Box::pin(router.serve_with_incoming_shutdown(incoming(l, &limits), stop)),
-        // Under TLS the mender would see only ciphertext: a TLS client names the server it
-        // verifies, so its :authority is a host name that h2 takes.
-        Listener::Unix(l) if tls => {
-            let timeout = limits.handshake_timeout;
-            let incoming = UnixListenerStream::new(l).map(move |a| a.map(|s| Preface::new(s, timeout)));
+    let handshake = limits.handshake_timeout;
+    let header_limits = limits.header_limits();
+    let server: Serving = match (listener.into(), tls) {
+        (Listener::Tcp(l), None) => Box::pin(router.serve_with_incoming_shutdown(incoming(l, &limits), stop)),
+        // The TLS handshake is the gateway's own, so that the preface after it is timed too, and
+        // the mender on a socket reads what is under TLS.
+        (Listener::Tcp(l), Some(tls)) => {
+            let accepted = tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
+            let incoming = tls_handshakes(accepted, tls, handshake)
+                .map(|h| h.map(|(stream, deadline)| Preface::until(stream, deadline)));
             Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
         }
-        Listener::Unix(l) => {
-            // Clients that send the socket's path as :authority are served (crate::authority).
-            let (timeout, header_limits) = (limits.handshake_timeout, limits.header_limits());
+        // Clients that send the socket's path as :authority are served (crate::authority).
+        (Listener::Unix(l), None) => {
             let incoming = UnixListenerStream::new(l)
-                .map(move |a| a.map(|s| Preface::new(Mended::new(s, header_limits), timeout)));
+                .map(move |a| a.map(|s| Preface::new(Mended::new(s, header_limits), handshake)));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+        }
+        (Listener::Unix(l), Some(tls)) => {
+            let incoming = tls_handshakes(UnixListenerStream::new(l), tls, handshake).map(move |h| {
+                h.map(|(stream, deadline)| Preface::until(Mended::new(stream, header_limits), deadline))
+            });
             Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
         }
     };
@@ -376,4 +422,47 @@ fn metrics_response(path: &str, metrics: &Metrics) -> http::Response<Full<Bytes>
         http::HeaderValue::from_static(content_type),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn tls_files_are_read_as_tonic_reads_them_and_a_refused_one_is_named() {
+        let dir = std::env::temp_dir().join(format!("chime-gw-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k, bad) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("bad.pem"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        std::fs::write(
+            &bad,
+            "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let plain = tls_config(&c, &k, None).unwrap();
+        assert_eq!(plain.0.alpn_protocols, [b"h2".to_vec()]);
+        // Whether a client certificate is required is tests/operations.rs's (mTLS).
+        tls_config(&c, &k, Some(&c)).unwrap();
+        for (cert, key, ca, named) in [
+            (&bad, &k, None, &bad),
+            (&c, &bad, None, &bad),
+            (&c, &c, None, &c),
+            (&c, &k, Some(&bad), &bad),
+        ] {
+            let error = tls_config(cert, key, ca.map(|p: &PathBuf| p.as_path())).unwrap_err();
+            assert!(
+                error.to_string().contains(&named.display().to_string()),
+                "{error}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

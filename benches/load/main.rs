@@ -27,16 +27,22 @@
 //! 9. `*-workers-N`, `*-threads-N`: at the low rate, the gateway with `--worker-threads N` and the
 //!    SDK alone on N threads, for 1, 2 and one per core;
 //! 10. `*-unix`: the bare round trip and the gateway at the low rate over a Unix socket, and
-//!     `mender`: what the `:authority` mender costs per call when a client sends a socket path.
+//!     `mender`: what the `:authority` mender costs per call when a client sends a socket path;
+//! 11. `hostile-worst-*`: the gateway's peak RSS under the worst input of the hostile-client tests,
+//!     on TCP and on the Unix socket, with an honest caller beside it.
 //!
 //! Settings: `BENCH_SECONDS` (per scenario, default 5), `BENCH_CONCURRENCY` (default 32),
 //! `BENCH_ID_SECONDS` (each request-id pair, default 120);
 //! `BENCH_ONLY=request-id` runs only the request-id pairs and prints their cost, writing only their
-//! windows.
+//! windows; `BENCH_ONLY=hostile` runs only the `hostile-worst-*` rows and prints them.
 
 mod generator;
 mod procs;
 mod report;
+// The raw HTTP/2 client of the hostile-client tests, for the `hostile-worst-*` rows.
+#[allow(dead_code)]
+#[path = "../../tests/hostile_clients/wire.rs"]
+mod wire;
 
 use std::time::{Duration, Instant};
 
@@ -142,6 +148,10 @@ async fn suite() {
     let concurrency = setting("BENCH_CONCURRENCY", 32) as usize;
     let emulator = procs::emulator().await;
     let mut report = Report::new(seconds, concurrency);
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("hostile") {
+        hostile(&emulator.addr, &mut report).await;
+        return;
+    }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("request-id") {
         ledger_path(200_000, &mut report).await;
         request_ids(&emulator, concurrency, &mut report).await;
@@ -249,6 +259,7 @@ async fn suite() {
     }
     workers(&emulator.addr, seconds, &mut report).await;
     unix_socket(&emulator.addr, seconds, &mut report).await;
+    hostile(&emulator.addr, &mut report).await;
     // From here on the emulator holds every call 20 ms.
     overload(&emulator.addr, seconds, &mut report).await;
     in_flight(&emulator.addr, seconds, None, &mut report).await;
@@ -326,6 +337,65 @@ async fn unix_socket(emulator: &str, seconds: Duration, report: &mut Report) {
     let (run, cpu) = with_cpu(Some(gateway.pid()), open_loop(LOW_RATE as f64, seconds, call)).await;
     report.push(Scenario::new("gateway-low-unix", &label, run).cpu(cpu));
     mender(200_000, report);
+}
+
+/// `hostile-worst-tcp`, `hostile-worst-unix`: the worst input of `tests/hostile_clients/` (600
+/// requests on one connection, each with a header list one byte under the 16 KiB cap and no
+/// body; on the socket with the socket's path as `:authority`, so through the mender), with one
+/// honest caller on another connection throughout: its latency, and the gateway's peak RSS over
+/// the attack (its idle RSS in the label). The tests hold it to idle + 16 MiB, on TLS too.
+async fn hostile(emulator: &str, report: &mut Report) {
+    for listener in ["tcp", "unix"] {
+        let (gateway, _) = match listener {
+            "tcp" => procs::gateway(emulator, &[]).await,
+            _ => procs::gateway_at(emulator, &procs::socket_path("hostile"), &[]).await,
+        };
+        let call = grpc_call(grpc_client(&gateway.addr).await, Ids::Without);
+        closed_loop(4, Duration::from_millis(300), call.clone()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pid = gateway.pid();
+        let idle = procs::status_kib(pid, "VmRSS");
+        // VmHWM starts over from the memory resident now.
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+        let (target, authority) = match gateway.addr.strip_prefix("unix:") {
+            Some(path) => (wire::Target::Unix(path.into()), path.as_bytes().to_vec()),
+            None => (wire::Target::Tcp(gateway.addr.clone()), b"localhost".to_vec()),
+        };
+        let attack = tokio::spawn(worst_input(target, authority));
+        let run = counted_loop(1, 300, call).await;
+        attack.await.unwrap();
+        let label = format!(
+            "1 caller beside 600 header lists 1 byte under the cap on one connection; idle {:.1} MiB",
+            idle as f64 / 1024.0
+        );
+        let name = format!("hostile-worst-{listener}");
+        let peak = procs::status_kib(pid, "VmHWM");
+        report.push(Scenario::new(&name, &label, run).rss(peak));
+        println!(
+            "  RSS:          idle {:.1} MiB, peak {:.1} MiB (+{:.1} MiB)",
+            idle as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            peak.saturating_sub(idle) as f64 / 1024.0
+        );
+    }
+}
+
+/// Sends the worst input of the hostile-client tests on a connection of its own, and reads what
+/// the gateway answers for two seconds.
+async fn worst_input(target: wire::Target, authority: Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
+    const CAP: usize = 16 * 1024;
+    let mut fields = wire::request_fields(&authority);
+    fields.push(wire::pad_field(CAP - 1 - wire::list_size(&fields)));
+    let block = wire::plain_block(&fields);
+    let mut bytes = wire::opening();
+    for stream in (1..1200).step_by(2) {
+        bytes.extend(wire::frame(wire::HEADERS, wire::END_HEADERS, stream, &block));
+    }
+    let (read, mut write) = tokio::io::split(wire::connect(&target).await);
+    let answer = tokio::spawn(wire::answer(read, Duration::from_secs(2)));
+    write.write_all(&bytes).await.unwrap();
+    answer.await.unwrap();
 }
 
 /// `mender`: the `:authority` mender alone (what a connection that sends the socket's path as

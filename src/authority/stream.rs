@@ -100,8 +100,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Mended<S> {
     }
 }
 
-impl tonic::transport::server::Connected for Mended<tokio::net::UnixStream> {
-    type ConnectInfo = tonic::transport::server::UdsConnectInfo;
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for Mended<S> {
+    type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()

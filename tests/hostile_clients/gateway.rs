@@ -21,6 +21,8 @@ pub enum Listener {
     Tcp,
     Unix,
     Tls,
+    /// TLS on a Unix socket.
+    UnixTls,
 }
 
 /// How long a connection gets to begin, in these tests.
@@ -54,7 +56,7 @@ impl Gateway {
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("grpc.sock");
         let listen = match listener {
-            Listener::Unix => format!("unix:{}", socket.display()),
+            Listener::Unix | Listener::UnixTls => format!("unix:{}", socket.display()),
             _ => "127.0.0.1:0".to_owned(),
         };
         let mut all = vec![
@@ -67,7 +69,7 @@ impl Gateway {
         let mut ca = String::new();
         let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
         let (cert_arg, key_arg) = (cert_path.display().to_string(), key_path.display().to_string());
-        if listener == Listener::Tls {
+        if matches!(listener, Listener::Tls | Listener::UnixTls) {
             let key = rcgen::KeyPair::generate().unwrap();
             let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
                 .unwrap()
@@ -88,6 +90,7 @@ impl Gateway {
             Listener::Tcp => Target::Tcp(started.api.clone()),
             Listener::Unix => Target::Unix(socket),
             Listener::Tls => Target::Tls(started.api.clone(), ca),
+            Listener::UnixTls => Target::UnixTls(socket, ca),
         };
         Self {
             _started: started,
@@ -105,18 +108,16 @@ impl Gateway {
                 .connect()
                 .await
                 .unwrap(),
-            Target::Unix(path) => {
-                let path = path.clone();
-                Endpoint::from_static("http://localhost")
-                    .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-                        let path = path.clone();
-                        async move {
-                            let stream = tokio::net::UnixStream::connect(path).await?;
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                        }
-                    }))
-                    .await
-                    .unwrap()
+            Target::Unix(path) => unix_endpoint(Endpoint::from_static("http://localhost"), path).await,
+            Target::UnixTls(path, ca) => {
+                let endpoint = Endpoint::from_static("https://localhost")
+                    .tls_config(
+                        ClientTlsConfig::new()
+                            .ca_certificate(Certificate::from_pem(ca))
+                            .domain_name("localhost"),
+                    )
+                    .unwrap();
+                unix_endpoint(endpoint, path).await
             }
             Target::Tls(addr, ca) => Endpoint::from_shared(format!("https://{addr}"))
                 .unwrap()
@@ -146,6 +147,21 @@ impl Gateway {
     pub fn reset_peak(&self) {
         std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5").unwrap();
     }
+}
+
+/// `endpoint` dialled over the Unix socket at `path`.
+async fn unix_endpoint(endpoint: Endpoint, path: &std::path::Path) -> Channel {
+    let path = path.to_owned();
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap()
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {

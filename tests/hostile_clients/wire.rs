@@ -32,6 +32,8 @@ pub enum Target {
     Unix(PathBuf),
     /// `HOST:PORT`, and the CA that signed the server's certificate (for `localhost`).
     Tls(String, String),
+    /// TLS on a Unix socket, and the CA.
+    UnixTls(PathBuf, String),
 }
 
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -44,11 +46,19 @@ pub async fn connect(target: &Target) -> Pin<Box<dyn Io>> {
         Target::Unix(path) => Box::pin(tokio::net::UnixStream::connect(path).await.unwrap()),
         Target::Tls(addr, ca) => {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client(ca)));
-            let name = ServerName::try_from("localhost").unwrap();
-            Box::pin(connector.connect(name, tcp).await.unwrap())
+            Box::pin(tls(ca, tcp).await)
+        }
+        Target::UnixTls(path, ca) => {
+            let unix = tokio::net::UnixStream::connect(path).await.unwrap();
+            Box::pin(tls(ca, unix).await)
         }
     }
+}
+
+async fn tls<S: AsyncRead + AsyncWrite + Unpin>(ca: &str, stream: S) -> tokio_rustls::client::TlsStream<S> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client(ca)));
+    let name = ServerName::try_from("localhost").unwrap();
+    connector.connect(name, stream).await.unwrap()
 }
 
 /// A TLS client that trusts `ca` and offers `h2`.
