@@ -4,13 +4,14 @@
 //! stop accepting, give in-flight calls the grace period, cancel what is left, and close the
 //! health port last.
 //!
-//! What one caller connection may cost is set here, on purpose, for every listener
-//! ([`ConnectionLimits`] and the fixed limits beside it): the HTTP/2 limits h2 enforces and
+//! What one caller connection may cost is set here, on purpose, for every listener (`limits`:
+//! [`ConnectionLimits`] and the fixed limits beside it): the HTTP/2 limits h2 enforces and
 //! advertises, and the time a connection gets to begin. The `:authority` mender reads the same.
+//! `tls` reads the TLS files; the gateway runs the handshake itself (`listeners`).
 //!
 //! `run` takes already-bound listeners, so tests start exactly the server production runs.
 
-use std::{convert::Infallible, future::Future, path::Path, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -20,14 +21,19 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::net::TcpListener;
-use tokio_rustls::{TlsAcceptor, rustls};
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::{StreamExt, wrappers::UnixListenerStream};
-use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 pub use crate::listeners::Listener;
+pub use limits::{ConnectionLimits, HEADER_TABLE_SIZE};
+pub use tls::{TlsConfig, tls_config};
+
+mod limits;
+mod tls;
+
 use crate::{
-    authority::{self, Mended},
+    authority::Mended,
     chime::Upstream,
     listeners::{Preface, tls_handshakes},
     message_size::MessageSizeLayer,
@@ -44,73 +50,6 @@ const HEALTH_CLOSE: Duration = Duration::from_secs(1);
 
 /// How long cancelled calls get to deliver their UNAVAILABLE once the grace is over.
 const CANCEL_FLUSH: Duration = Duration::from_secs(1);
-
-/// HPACK dynamic table size the server's decoder allows (SETTINGS_HEADER_TABLE_SIZE): h2's own,
-/// which tonic leaves as it is, so the server never advertises it and clients keep the RFC 7541
-/// default of 4,096 bytes (a test reads the server's SETTINGS to hold this).
-pub const HEADER_TABLE_SIZE: usize = 4096;
-/// Streams a client may reset before the server has accepted them, before the connection is
-/// closed with ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487): h2's default, set on purpose.
-const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
-/// Streams the server may reset for a client's errors (a stream over the concurrency limit, a
-/// malformed request) before the connection is closed with ENHANCE_YOUR_CALM: hyper's default,
-/// which tonic otherwise turns into no limit.
-const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
-/// Flow-control windows: the most request data a connection, and each stream of it, may have
-/// sent that the gateway has not read yet (hyper's defaults, set on purpose: they are part of
-/// what a connection may cost).
-const CONNECTION_WINDOW: u32 = 1024 * 1024;
-const STREAM_WINDOW: u32 = 1024 * 1024;
-/// SETTINGS_MAX_FRAME_SIZE: the RFC's minimum, so no frame a client sends is larger.
-const MAX_FRAME_SIZE: u32 = 16 * 1024;
-
-/// What one caller connection may cost, on every listener: the HTTP/2 limits advertised to
-/// callers and enforced by h2, and how long a new connection gets to begin. The `:authority`
-/// mender on a Unix socket reads the same values ([`ConnectionLimits::header_limits`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// SETTINGS_MAX_CONCURRENT_STREAMS: streams a connection may have open at once; a stream
-    /// over it is refused (REFUSED_STREAM).
-    pub max_concurrent_streams: u32,
-    /// SETTINGS_MAX_HEADER_LIST_SIZE, counted as HTTP/2 counts it (`name + value + 32` per
-    /// field): a larger request is refused (431), one four times larger closes the connection.
-    pub max_header_list_size: u32,
-    /// How long a new connection gets for its TLS handshake (if any) and the HTTP/2 preface;
-    /// after it, HTTP/2 keep-alive PINGs find dead connections.
-    pub handshake_timeout: Duration,
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        Self {
-            max_concurrent_streams: 256,
-            max_header_list_size: 16 * 1024,
-            handshake_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-impl ConnectionLimits {
-    /// What the `:authority` mender must stay within: the values h2 is given here.
-    pub fn header_limits(&self) -> authority::Limits {
-        authority::Limits {
-            max_header_list_size: self.max_header_list_size as usize,
-            header_table_size: HEADER_TABLE_SIZE,
-        }
-    }
-
-    /// A tonic server builder with these limits (and the fixed ones above) given to hyper and h2.
-    fn server(&self) -> Server {
-        Server::builder()
-            .max_concurrent_streams(self.max_concurrent_streams)
-            .http2_max_header_list_size(self.max_header_list_size)
-            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
-            .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .initial_stream_window_size(STREAM_WINDOW)
-            .max_frame_size(MAX_FRAME_SIZE)
-    }
-}
 
 /// Settings of the server itself.
 #[derive(Debug)]
@@ -174,56 +113,6 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
         }
         tracing::info!("shutdown signal received");
     })
-}
-
-/// TLS for the API port: rustls, set up as tonic sets it up (ALPN `h2`; with a client CA, a client
-/// certificate signed by it is required). The gateway runs the handshake itself, under the
-/// handshake timeout and with the HTTP/2 preface timed after it, and puts the `:authority`
-/// mender above it on a Unix socket.
-#[derive(Clone)]
-pub struct TlsConfig(Arc<rustls::ServerConfig>);
-
-impl std::fmt::Debug for TlsConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsConfig").finish_non_exhaustive()
-    }
-}
-
-/// Reads the PEM files of `--tls-cert`, `--tls-key` and `--tls-client-ca`; an error names the
-/// file, or says what in them rustls refused.
-pub fn tls_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> std::io::Result<TlsConfig> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    let invalid = |what: &str, e: &dyn std::fmt::Display| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}: {e}"))
-    };
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
-    };
-    let certs = |path: &Path| -> std::io::Result<Vec<CertificateDer<'static>>> {
-        CertificateDer::pem_slice_iter(&read(path)?)
-            .collect::<Result<_, _>>()
-            .map_err(|e| invalid(&path.display().to_string(), &e))
-    };
-    let chain = certs(cert)?;
-    let private_key =
-        PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| invalid(&key.display().to_string(), &e))?;
-    let builder = rustls::ServerConfig::builder();
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add_parsable_certificates(certs(ca)?);
-            let verifier = rustls::server::WebPkiClientVerifier::builder(roots.into())
-                .build()
-                .map_err(|e| invalid(&ca.display().to_string(), &e))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let mut config = builder
-        .with_single_cert(chain, private_key)
-        .map_err(|e| invalid(&cert.display().to_string(), &e))?;
-    config.alpn_protocols.push(b"h2".to_vec());
-    Ok(TlsConfig(Arc::new(config)))
 }
 
 type Serving = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
@@ -422,47 +311,4 @@ fn metrics_response(path: &str, metrics: &Metrics) -> http::Response<Full<Bytes>
         http::HeaderValue::from_static(content_type),
     );
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::PathBuf;
-
-    use super::*;
-
-    #[test]
-    fn tls_files_are_read_as_tonic_reads_them_and_a_refused_one_is_named() {
-        let dir = std::env::temp_dir().join(format!("chime-gw-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let (c, k, bad) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("bad.pem"));
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        std::fs::write(
-            &bad,
-            "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
-        )
-        .unwrap();
-        let plain = tls_config(&c, &k, None).unwrap();
-        assert_eq!(plain.0.alpn_protocols, [b"h2".to_vec()]);
-        // Whether a client certificate is required is tests/operations.rs's (mTLS).
-        tls_config(&c, &k, Some(&c)).unwrap();
-        for (cert, key, ca, named) in [
-            (&bad, &k, None, &bad),
-            (&c, &bad, None, &bad),
-            (&c, &c, None, &c),
-            (&c, &k, Some(&bad), &bad),
-        ] {
-            let error = tls_config(cert, key, ca.map(|p: &PathBuf| p.as_path())).unwrap_err();
-            assert!(
-                error.to_string().contains(&named.display().to_string()),
-                "{error}"
-            );
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }
