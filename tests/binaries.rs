@@ -102,11 +102,8 @@ async fn help_exits_0_and_names_every_setting() {
         "CHIME_GATEWAY_IDEMPOTENCY_CAPACITY",
         "CHIME_GATEWAY_RECONCILE",
         "CHIME_GATEWAY_STATE_DIR",
-        "CHIME_GATEWAY_RETRY_BUDGET_TOKENS",
-        "CHIME_GATEWAY_RETRY_BUDGET_RETRY_COST",
-        "CHIME_GATEWAY_RETRY_BUDGET_LOOKUP_COST",
-        "CHIME_GATEWAY_RETRY_BUDGET_REFILL",
-        "CHIME_GATEWAY_UPSTREAM_RATE",
+        "CHIME_GATEWAY_RETRY_BUDGET",
+        "CHIME_GATEWAY_ADAPTIVE_THROTTLE",
     ] {
         assert!(help.contains(name), "{name}");
     }
