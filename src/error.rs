@@ -113,7 +113,7 @@ pub enum Reconciliation {
     NotFound,
     /// The lookup itself failed (denied, throttled, unreachable, out of time).
     Failed,
-    /// Not made now (the retry budget is empty, or no send slot came in time): the request id
+    /// Not made now (the retry budget is empty, or the adaptive throttle refused it): the request id
     /// stays in doubt, so the caller's retry with the same id makes it.
     Deferred,
     /// Not made (as for `Deferred`), and the call has no request id to make it later.

@@ -16,7 +16,7 @@ mod budget;
 mod throttle;
 
 pub use budget::{BudgetConfig, Extra, RESERVE, RetryBudget, Sent, WINDOW as BUDGET_WINDOW, Withdrawal};
-pub use throttle::{K, NoSlot, Operation, SendLimiter, SendRate, WINDOW};
+pub use throttle::{K, NO_RETRY_REFUSING, NoSlot, Operation, PRIOR, PROBE, SendLimiter, SendRate, WINDOW};
 
 use std::time::Duration;
 
@@ -46,11 +46,14 @@ impl Backoff {
         if let Some(d) = retry_after {
             return d;
         }
-        let ceiling = self
-            .base
+        rand::rng().random_range(Duration::ZERO..=self.ceiling(failed))
+    }
+
+    /// The longest wait before attempt `failed + 1`, the jitter's range.
+    pub fn ceiling(&self, failed: u32) -> Duration {
+        self.base
             .saturating_mul(1 << failed.saturating_sub(1).min(16))
-            .min(self.max);
-        rand::rng().random_range(Duration::ZERO..=ceiling)
+            .min(self.max)
     }
 }
 

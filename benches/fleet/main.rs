@@ -6,11 +6,16 @@
 //! - `outage-503`: every create answers 503;
 //! - `outage-500`: every create answers 500 without storing (an unknown outcome: looked up);
 //! - `transient-503`: 10% of creates answer 503;
-//! - `throttled`: the account accepts `LIMIT` requests/s (429 beyond), offered 5x that.
+//! - `throttled`: the account accepts `LIMIT` requests/s (429 beyond), offered 5x that;
+//! - `random-429`: 7% of creates answer 429 at random, whatever the rate;
+//! - `burst`: one sender's 6 calls meet 429; 10 s later a batch of 200 creates, 32 at a time,
+//!   each with a 30 s deadline, on a healthy account.
 //!
-//! Senders: 1 and 4 gateways with the protections at their defaults (`on`) and without them
-//! (`--retry-budget-tokens off --upstream-rate off`), and, as anchors, 4 AWS SDK clients alone
-//! (standard and adaptive retry mode, 3 attempts, each its own retry partition).
+//! Senders: 1, 4 and 50 gateways with the protections at their defaults (`on`) and 1 and 50
+//! without them (`--retry-budget off --adaptive-throttle off`), and, as anchors, AWS SDK clients
+//! alone (standard and adaptive retry mode, 3 attempts, each its own retry partition). Every
+//! sender is up before any load starts; then every sender starts at once, each a fraction of its
+//! interval after the one before, so the fleet's calls come evenly at `RATE`.
 //!
 //! Settings: `FLEET_SECONDS` (per run, default 20), `FLEET_ONLY` (run the scenarios whose name
 //! contains it). Writes `target/bench/fleet.md` and the "Under faults" table of `BENCHMARKS.md`.
@@ -26,12 +31,13 @@ use std::{fmt::Write as _, sync::Arc, time::Duration};
 
 use aws_config::retry::RetryConfig;
 use aws_sdk_chime::{config::retry::RetryPartition, types::UserType as SdkUserType};
+use chime_gateway::error::GATEWAY_DOMAIN;
 use chime_gateway::{
     chime,
     emulator::{DEMO_ACCOUNT_ID, Stats},
     pb::chime::v1::{CreateUserRequest, UserType, chime_service_client::ChimeServiceClient},
 };
-use generator::{Run, open_loop};
+use generator::{Run, counted_loop, open_loop};
 
 /// Calls offered per second, across the fleet.
 const RATE: f64 = 100.0;
@@ -40,12 +46,17 @@ const LIMIT: u32 = 20;
 /// Each call's deadline.
 const DEADLINE: Duration = Duration::from_secs(5);
 
+/// The burst's calls, how many at a time, and each one's deadline.
+const BURST: (u64, usize, Duration) = (200, 32, Duration::from_secs(30));
+
 #[derive(Clone, Copy, PartialEq)]
 enum Scenario {
     Outage503,
     Outage500,
     Transient503,
     Throttled,
+    Random429,
+    Burst,
 }
 
 impl Scenario {
@@ -55,6 +66,8 @@ impl Scenario {
             Scenario::Outage500 => "outage-500",
             Scenario::Transient503 => "transient-503",
             Scenario::Throttled => "throttled",
+            Scenario::Random429 => "random-429",
+            Scenario::Burst => "burst",
         }
     }
 
@@ -64,6 +77,8 @@ impl Scenario {
             Scenario::Outage503 => (1.0, 503, "ServiceUnavailableException"),
             Scenario::Outage500 => (1.0, 500, "ServiceFailureException"),
             Scenario::Transient503 => (0.1, 503, "ServiceUnavailableException"),
+            Scenario::Random429 => (0.07, 429, "ThrottledClientException"),
+            Scenario::Burst => (1.0, 429, "ThrottledClientException"),
             Scenario::Throttled => return None,
         };
         Some(format!(
@@ -82,6 +97,43 @@ impl Scenario {
                 "sent <= 1.3R, OK >= 0.9R, share >= 0.5",
                 row.sent_per_limit() <= 1.3 && row.ok_per_limit() >= 0.9 && row.min_share() >= 0.5,
             ),
+            Scenario::Random429 => (">= 99% OK", row.ok_share() >= 0.99),
+            Scenario::Burst => ("200 of 200 OK", row.ok() == BURST.0),
+        }
+    }
+
+    /// How long the fault runs before it is measured: a throttled fleet settles first, each
+    /// sidecar learning from its own calls (`FLEET_SETTLE`, default 40 s); other faults are
+    /// measured from their first moment.
+    fn settle(self) -> Duration {
+        if self != Scenario::Throttled {
+            return Duration::ZERO;
+        }
+        let seconds = std::env::var("FLEET_SETTLE").ok().and_then(|v| v.parse().ok());
+        Duration::from_secs(seconds.unwrap_or(40))
+    }
+
+    /// The senders of the scenario's rows.
+    fn senders(self) -> Vec<Sender> {
+        let gateways = |n, protected| Sender::Gateways { n, protected };
+        let sdk = |n, adaptive| Sender::Sdk { n, adaptive };
+        match self {
+            Scenario::Burst => vec![gateways(1, true), gateways(1, false), sdk(1, true)],
+            Scenario::Outage503 | Scenario::Outage500 | Scenario::Transient503 => vec![
+                gateways(1, true),
+                gateways(4, true),
+                gateways(50, true),
+                gateways(50, false),
+                sdk(4, false),
+            ],
+            Scenario::Throttled | Scenario::Random429 => vec![
+                gateways(1, true),
+                gateways(4, true),
+                gateways(50, true),
+                gateways(50, false),
+                sdk(4, false),
+                sdk(4, true),
+            ],
         }
     }
 }
@@ -141,6 +193,12 @@ impl Row {
         self.runs.iter().map(Self::ok_of).sum()
     }
 
+    /// Calls the adaptive throttle refused (the gateway's own RESOURCE_EXHAUSTED).
+    fn refused_by_gateway(&self) -> u64 {
+        let refused = |r: &Run| r.codes.get("ResourceExhausted/ADAPTIVE_THROTTLE").copied();
+        self.runs.iter().filter_map(refused).sum()
+    }
+
     fn seconds(&self) -> f64 {
         self.runs.iter().map(|r| r.seconds).fold(0.0, f64::max)
     }
@@ -182,11 +240,12 @@ impl Row {
         let (goal, met) = self.scenario.goal(self);
         let protected = self.sender.contains("(on)");
         format!(
-            "| {} | {} | {} | {:.2}% | {:.3} | {:.3} | {:.2}x | {:.2}x | {:.2} | {} |",
+            "| {} | {} | {} | {:.2}% | {} | {:.3} | {:.3} | {:.2}x | {:.2}x | {:.2} | {} |",
             self.scenario.name(),
             self.sender,
             self.calls(),
             self.ok_share() * 100.0,
+            self.refused_by_gateway(),
             self.creates_per_call(),
             self.requests_per_call(),
             self.sent_per_limit(),
@@ -213,22 +272,37 @@ fn request(id: u64) -> CreateUserRequest {
 
 type Call = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
 
-async fn gateway_call(addr: &str) -> impl Fn(u64) -> Call + Clone + Send + 'static {
+/// A call's outcome as the table counts it: the gRPC code, and the reason of a refusal the
+/// gateway made itself (`ResourceExhausted/ADAPTIVE_THROTTLE`).
+fn outcome(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    match status.get_error_details().error_info() {
+        Some(info) if info.domain == GATEWAY_DOMAIN => format!("{:?}/{}", status.code(), info.reason),
+        _ => format!("{:?}", status.code()),
+    }
+}
+
+async fn gateway_call(addr: &str, deadline: Duration) -> impl Fn(u64) -> Call + Clone + Send + 'static {
     let client = ChimeServiceClient::new(procs::channel(addr).await.unwrap());
     move |id| {
         let mut client = client.clone();
         Box::pin(async move {
             let mut call = tonic::Request::new(request(id));
-            call.set_timeout(DEADLINE);
+            call.set_timeout(deadline);
             match client.create_user(call).await {
                 Ok(_) => "OK".to_owned(),
-                Err(s) => format!("{:?}", s.code()),
+                Err(s) => outcome(&s),
             }
         })
     }
 }
 
-async fn sdk_call(emulator: &str, i: usize, adaptive: bool) -> impl Fn(u64) -> Call + Clone + Send + 'static {
+async fn sdk_call(
+    emulator: &str,
+    i: usize,
+    adaptive: bool,
+    deadline: Duration,
+) -> impl Fn(u64) -> Call + Clone + Send + 'static {
     let sdk_config = chime::load_static_sdk_config(emulator, procs::KEY_ID, procs::SECRET).await;
     let retry = if adaptive {
         RetryConfig::adaptive()
@@ -250,13 +324,84 @@ async fn sdk_call(emulator: &str, i: usize, adaptive: bool) -> impl Fn(u64) -> C
                 .set_email(r.email)
                 .user_type(SdkUserType::PrivateUser)
                 .send();
-            match tokio::time::timeout(DEADLINE, sent).await {
+            match tokio::time::timeout(deadline, sent).await {
                 Ok(Ok(_)) => "OK".to_owned(),
                 Ok(Err(_)) => "Error".to_owned(),
                 Err(_) => "DeadlineExceeded".to_owned(),
             }
         })
     }
+}
+
+type Caller = Arc<Box<dyn Fn(u64) -> Call + Send + Sync>>;
+
+/// Every sender, each ready to call: the gateways' processes are up and connected.
+async fn callers(url: &str, sender: Sender, deadline: Duration) -> (Vec<Caller>, Vec<procs::Proc>) {
+    let mut gateways = Vec::new();
+    let mut callers = Vec::new();
+    for i in 0..sender.count() {
+        let call: Box<dyn Fn(u64) -> Call + Send + Sync> = match sender {
+            Sender::Gateways { protected, .. } => {
+                let off = ["--retry-budget", "off", "--adaptive-throttle", "off"];
+                let args: &[&str] = if protected { &[] } else { &off };
+                let (gateway, _) = procs::gateway(url, args).await;
+                let call = gateway_call(&gateway.addr, deadline).await;
+                gateways.push(gateway);
+                Box::new(call)
+            }
+            Sender::Sdk { adaptive, .. } => Box::new(sdk_call(url, i, adaptive, deadline).await),
+        };
+        callers.push(Arc::new(call));
+    }
+    (callers, gateways)
+}
+
+/// `RATE` calls/s across `callers`, for `settle` (not counted: the emulator's counts are reset
+/// after it) and then `seconds`: all start together, each a fraction of its interval after the
+/// one before, so the fleet's calls come evenly.
+async fn offered(url: &str, callers: Vec<Caller>, settle: Duration, seconds: Duration) -> Vec<Run> {
+    let n = callers.len();
+    let rate = RATE / n as f64;
+    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let tasks: Vec<_> = callers
+        .into_iter()
+        .enumerate()
+        .map(|(i, call)| {
+            let phase = Duration::from_secs_f64(i as f64 / RATE);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(start + phase).await;
+                if !settle.is_zero() {
+                    let call = call.clone();
+                    open_loop(rate, settle, move |id| call(id)).await;
+                }
+                open_loop(rate, seconds, move |id| call(id)).await
+            })
+        })
+        .collect();
+    if !settle.is_zero() {
+        tokio::time::sleep_until(start + settle).await;
+        let (status, _) = procs::admin(url, http::Method::DELETE, "stats", "").await;
+        assert_eq!(status, 204);
+    }
+    let mut runs = Vec::new();
+    for task in tasks {
+        runs.push(task.await.unwrap());
+    }
+    runs
+}
+
+/// Six calls meet 429 one after another; ten seconds later a batch job sends its burst.
+async fn burst(url: &str, call: Caller) -> Vec<Run> {
+    for id in 0..6 {
+        let _ = call(id).await;
+    }
+    let (status, _) = procs::admin(url, http::Method::DELETE, "chaos", "").await;
+    assert_eq!(status, 204);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (status, _) = procs::admin(url, http::Method::DELETE, "stats", "").await;
+    assert_eq!(status, 204);
+    let (calls, at_once, _) = BURST;
+    vec![counted_loop(at_once, calls, move |id| call(id)).await]
 }
 
 async fn run(scenario: Scenario, sender: Sender, seconds: Duration) -> Row {
@@ -267,33 +412,21 @@ async fn run(scenario: Scenario, sender: Sender, seconds: Duration) -> Row {
     };
     let emulator = procs::emulator_with(&settings).await;
     let url = emulator.addr.clone();
+    let deadline = if scenario == Scenario::Burst {
+        BURST.2
+    } else {
+        DEADLINE
+    };
+    let (mut callers, gateways) = callers(&url, sender, deadline).await;
     if let Some(chaos) = scenario.chaos() {
         let (status, _) = procs::admin(&url, http::Method::POST, "chaos", &chaos).await;
         assert_eq!(status, 204);
     }
-    let n = sender.count();
-    let rate = RATE / n as f64;
-    let mut gateways = Vec::new();
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        let call: Box<dyn Fn(u64) -> Call + Send + Sync> = match sender {
-            Sender::Gateways { protected, .. } => {
-                let off = ["--retry-budget-tokens", "off", "--upstream-rate", "off"];
-                let args: &[&str] = if protected { &[] } else { &off };
-                let (gateway, _) = procs::gateway(&url, args).await;
-                let call = gateway_call(&gateway.addr).await;
-                gateways.push(gateway);
-                Box::new(call)
-            }
-            Sender::Sdk { adaptive, .. } => Box::new(sdk_call(&url, i, adaptive).await),
-        };
-        let call = Arc::new(call);
-        tasks.push(tokio::spawn(open_loop(rate, seconds, move |id| call(id))));
-    }
-    let mut runs = Vec::new();
-    for task in tasks {
-        runs.push(task.await.unwrap());
-    }
+    let runs = if scenario == Scenario::Burst {
+        burst(&url, callers.remove(0)).await
+    } else {
+        offered(&url, callers, scenario.settle(), seconds).await
+    };
     let (_, body) = procs::admin(&url, http::Method::GET, "stats", "").await;
     let stats: Stats = serde_json::from_slice(&body).unwrap();
     drop(gateways);
@@ -313,15 +446,17 @@ fn table(rows: &[Row], seconds: Duration) -> String {
     let _ = writeln!(
         out,
         "{RATE} calls/s offered for {} s across the senders, each call with a request id and a \
-         5 s deadline; R = {LIMIT} requests/s, the throttled account's limit. Requests are counted \
-         at the emulator (creates, and ListUsers lookups).\n",
+         5 s deadline; R = {LIMIT} requests/s, the throttled account's limit. `burst`: 200 \
+         creates, 32 at a time, each with a 30 s deadline, 10 s after the sender's 6 calls met \
+         429 (counted from the burst). Requests are counted at the emulator (creates, and \
+         ListUsers lookups).\n",
         seconds.as_secs()
     );
     let _ = writeln!(
         out,
-        "| scenario | senders | calls | OK | creates/call | requests/call | sent/s vs R | OK/s vs R | min share | goal |"
+        "| scenario | senders | calls | OK | refused by the throttle | creates/call | requests/call | sent/s vs R | OK/s vs R | min share | goal |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         let _ = writeln!(out, "{}", row.line());
     }
@@ -336,40 +471,19 @@ async fn suite() {
             .unwrap_or(20),
     );
     let only = std::env::var("FLEET_ONLY").unwrap_or_default();
-    let senders = [
-        Sender::Gateways {
-            n: 1,
-            protected: true,
-        },
-        Sender::Gateways {
-            n: 1,
-            protected: false,
-        },
-        Sender::Gateways {
-            n: 4,
-            protected: true,
-        },
-        Sender::Gateways {
-            n: 4,
-            protected: false,
-        },
-        Sender::Sdk {
-            n: 4,
-            adaptive: false,
-        },
-        Sender::Sdk { n: 4, adaptive: true },
-    ];
     let mut rows = Vec::new();
     for scenario in [
         Scenario::Outage503,
         Scenario::Outage500,
         Scenario::Transient503,
         Scenario::Throttled,
+        Scenario::Random429,
+        Scenario::Burst,
     ] {
         if !scenario.name().contains(&only) {
             continue;
         }
-        for sender in senders {
+        for sender in scenario.senders() {
             let row = run(scenario, sender, seconds).await;
             println!("{}", row.line());
             if std::env::var_os("FLEET_VERBOSE").is_some() {

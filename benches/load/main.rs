@@ -791,7 +791,7 @@ async fn unprotected(
     label: &str,
     report: &mut Report,
 ) {
-    let off = ["--retry-budget-tokens", "off", "--upstream-rate", "off"];
+    let off = ["--retry-budget", "off", "--adaptive-throttle", "off"];
     let (gateway, _) = procs::gateway(emulator, &off).await;
     let call = grpc_call(grpc_client(&gateway.addr).await, Ids::Without);
     closed_loop(concurrency, Duration::from_millis(500), call.clone()).await;

@@ -8,6 +8,8 @@
 //! So a process sends about `K` times what Chime accepts of its requests, plus a `PROBE` share of
 //! its requests: both in proportion to its own traffic, so a fleet's sum follows the fleet's
 //! traffic whatever its size (throttled at R, a fleet offered 5R sends about 1.1R + 0.03 x 5R).
+//! A new window counts [`PRIOR`] accepts in its oldest places until real requests fill it, so a
+//! new process is not thrown by its first 429s.
 //! `PROBE` is also what holds each process at its own share: without it a process's sends and
 //! accepts feed each other, and shares drift. Answers that are not 429 are accepts: a 503, or
 //! 7% of random 429s, never trigger it.
@@ -25,11 +27,17 @@ use tokio::time::Instant;
 /// How many of its last requests a process judges by, for each operation.
 pub const WINDOW: usize = 200;
 /// Sends allowed per accept: 10% above what Chime accepts, so that random 429s of up to about
-/// 11% never refuse (with [`PROBE`]), while a fleet throttled at R sends about 1.1 R + PROBE.
+/// 10% never refuse (with [`PROBE`]), while a fleet throttled at R sends about 1.1 R + PROBE.
 pub const K: f64 = 1.1;
 /// The share of requests sent whatever the window says: probes whose answers tell a process
 /// when the throttle ends, and the pull that holds each process's sends at its own share.
 pub const PROBE: f64 = 0.03;
+/// A 429 is not retried while the throttle refuses at least this share of creates: the account
+/// is over its limit, and a retry could only add to what it refuses.
+pub const NO_RETRY_REFUSING: f64 = 0.25;
+/// The accepted requests a new window starts with: they hold its oldest places until real
+/// requests fill it.
+pub const PRIOR: usize = 20;
 /// A window forgotten after silence holds at least this many requests (fewer span too little
 /// time to judge by).
 const STALE_AFTER: usize = 4;
@@ -135,8 +143,12 @@ impl Window {
     }
 
     fn refusal_probability(&self) -> f64 {
-        let requests = self.requests.len() as f64;
-        (((1.0 - PROBE) * requests - K * self.accepts as f64) / (requests + 1.0)).max(0.0)
+        // Until the window is full, [`PRIOR`] accepts fill its oldest places: a new process, or
+        // one whose window was forgotten, is not thrown by the first few 429s it meets.
+        let prior = PRIOR.min(WINDOW - self.requests.len());
+        let requests = (self.requests.len() + prior) as f64;
+        let accepts = (self.accepts + prior) as f64;
+        (((1.0 - PROBE) * requests - K * accepts) / (requests + 1.0)).max(0.0)
     }
 
     /// Draws for one request: `Err` when it is refused.

@@ -207,10 +207,10 @@ fn answer(result: &Result<Response<CreateUserResponse>, Status>) -> (Code, Strin
 
 #[tokio::test(start_paused = true)]
 async fn after_chimes_429s_the_throttle_refuses_a_share_at_once_and_says_so() {
-    let up = scripted((0..20).map(|_| status(429, None)).collect(), vec![]);
+    let up = scripted((0..100).map(|_| status(429, None)).collect(), vec![]);
     let gw = ChimeGateway::new(up.clone(), policy(1), 4);
     let mut refused = 0;
-    for _ in 0..20 {
+    for _ in 0..100 {
         let started = Instant::now();
         let s = gw.create_user(valid()).await.unwrap_err();
         assert_eq!(s.code(), Code::ResourceExhausted);
@@ -228,10 +228,11 @@ async fn after_chimes_429s_the_throttle_refuses_a_share_at_once_and_says_so() {
             assert_eq!(info.reason, "THROTTLED");
         }
     }
-    // Every answer throttled: the throttle refuses all but about one in (requests + 1).
+    // Every answer throttled: after the first few, the throttle refuses a growing share, as the
+    // 429s and its refusals push the new window's assumed accepts out.
     let sent = counts(&up).0;
-    assert_eq!(sent + refused, 20);
-    assert!((3..=8).contains(&sent), "{sent}");
+    assert_eq!(sent + refused, 100);
+    assert!((40..=70).contains(&sent), "{sent}");
     let reason = "chime_gateway_errors_total{reason=\"ADAPTIVE_THROTTLE\"}";
     assert_eq!(metric(&gw, reason), f64::from(refused));
     let series = "chime_gateway_throttle_refusals_total{operation=\"create_user\"}";
@@ -240,7 +241,7 @@ async fn after_chimes_429s_the_throttle_refuses_a_share_at_once_and_says_so() {
         &gw,
         "chime_gateway_throttle_refusal_probability{operation=\"create_user\"}",
     );
-    assert!(p > 0.5, "{p}");
+    assert!(p > 0.7, "{p}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -294,8 +295,8 @@ async fn throttled_lookups_never_refuse_creates() {
         &gw,
         "chime_gateway_throttle_refusal_probability{operation=\"list_users\"}",
     );
-    assert!(p > 0.9, "{p}");
-    assert!(counts(&up).1 < 20, "lookups refused: {:?}", counts(&up));
+    assert!(p > 0.5, "{p}");
+    assert!(counts(&up).1 < 40, "lookups refused: {:?}", counts(&up));
     for _ in 0..100 {
         gw.create_user(valid()).await.unwrap();
     }

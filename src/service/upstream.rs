@@ -10,7 +10,7 @@ use super::{ChimeGateway, Lookup};
 use crate::{
     chime::{Created, Upstream},
     error::{self, Reconciliation, UpstreamError},
-    retry::{Extra, NoSlot, Operation, Sent, Withdrawal},
+    retry::{Extra, NO_RETRY_REFUSING, NoSlot, Operation, Sent, Withdrawal},
 };
 
 impl<U: Upstream> ChimeGateway<U> {
@@ -148,6 +148,12 @@ impl<U: Upstream> ChimeGateway<U> {
         deadline: Instant,
     ) -> Option<Duration> {
         if !error::rule(error).retryable {
+            return None;
+        }
+        // Chime throttles creates and the throttle already refuses a good share of them: another
+        // attempt could only add to what the account is refusing.
+        let refusing = self.limiter.refusal_probability(Operation::CreateUser);
+        if error.http_status() == Some(429) && refusing.is_some_and(|p| p >= NO_RETRY_REFUSING) {
             return None;
         }
         let retry_after = match error {
