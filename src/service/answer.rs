@@ -1,17 +1,50 @@
 //! What a call answers with, and what a request id keeps of it.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use crate::{
     chime::{Created, Found},
     codec::Reply,
-    error::{self, CallError, ErrorResponse, UpstreamError},
+    error::{self, CallError, ErrorResponse, Reconciliation, UpstreamError},
     idempotency::{Ending, Keep, Progress},
     pb::chime::v1::CreateUserResponse,
     translate,
 };
 
-use super::Failed;
+/// One call's answer, as the log line, the metrics and the response need it.
+pub(super) struct Answered {
+    pub(super) result: Result<Success, Arc<CallError>>,
+    /// Upstream attempts this call made.
+    pub(super) attempts: u32,
+    /// The answer is an earlier (or concurrent) call's, for the same request id.
+    pub(super) replayed: bool,
+}
+
+/// A failed attempt, as the call's error if nothing follows it.
+pub(super) struct Failed {
+    error: UpstreamError,
+    attempts: u32,
+    reconciliation: Option<Reconciliation>,
+}
+
+impl Failed {
+    pub(super) fn new(error: UpstreamError, attempts: u32, reconciliation: Option<Reconciliation>) -> Self {
+        Self {
+            error,
+            attempts,
+            reconciliation,
+        }
+    }
+
+    pub(super) fn into_error(self, budget_exhausted: bool) -> CallError {
+        CallError::Upstream {
+            error: self.error,
+            attempts: self.attempts,
+            reconciliation: self.reconciliation,
+            budget_exhausted,
+        }
+    }
+}
 
 /// A user to answer with.
 #[derive(Debug, Clone)]

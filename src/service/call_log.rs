@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::Answered;
+use super::answer::Answered;
 use crate::{
     error::{CallError, Reconciliation, UpstreamError},
     metrics::code_name,

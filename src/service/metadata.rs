@@ -4,7 +4,11 @@ use std::time::Duration;
 
 use tonic::metadata::MetadataMap;
 
-use super::{GRPC_PREVIOUS_ATTEMPTS_KEY, PREVIOUS_ATTEMPTS_KEY};
+/// Request metadata a caller sets (to 1 or more) on a retry of a call with the same request id,
+/// so that a gateway that never saw the first call still settles a conflict by a lookup.
+pub const PREVIOUS_ATTEMPTS_KEY: &str = "x-chime-gateway-previous-attempts";
+/// gRPC's own header for the same, set by the client library's retry policy.
+pub const GRPC_PREVIOUS_ATTEMPTS_KEY: &str = "grpc-previous-rpc-attempts";
 
 /// Whether the caller says this call retries an earlier one: gRPC's own
 /// `grpc-previous-rpc-attempts` (set by the retry policies of grpc-go and grpc-java), or

@@ -52,11 +52,6 @@ pub const SEND_MARGIN: Duration = Duration::from_millis(100);
 pub const REPLAYED_KEY: &str = "x-chime-gateway-replayed";
 /// Response metadata set when the user was found by a lookup after an unknown outcome.
 pub const RECONCILED_KEY: &str = "x-chime-gateway-reconciled";
-/// Request metadata a caller sets (to 1 or more) on a retry of a call with the same request id,
-/// so that a gateway that never saw the first call still settles a conflict by a lookup.
-pub const PREVIOUS_ATTEMPTS_KEY: &str = "x-chime-gateway-previous-attempts";
-/// gRPC's own header for the same, set by the client library's retry policy.
-pub const GRPC_PREVIOUS_ATTEMPTS_KEY: &str = "grpc-previous-rpc-attempts";
 /// How long a request id's outcome is kept by default.
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(15 * 60);
 /// How many outcomes are kept by default: what a full memory holds is in docs/configuration.md,
@@ -78,15 +73,6 @@ pub struct CallPolicy {
     pub reconcile: bool,
 }
 
-/// One call's answer, as the log line, the metrics and the response need it.
-struct Answered {
-    result: Result<Success, Arc<CallError>>,
-    /// Upstream attempts this call made.
-    attempts: u32,
-    /// The answer is an earlier (or concurrent) call's, for the same request id.
-    replayed: bool,
-}
-
 /// What a lookup after an unknown outcome found.
 enum Lookup {
     Found(Box<Found>),
@@ -95,32 +81,6 @@ enum Lookup {
     Refused {
         budget_exhausted: bool,
     },
-}
-
-/// A failed attempt, as the call's error if nothing follows it.
-struct Failed {
-    error: UpstreamError,
-    attempts: u32,
-    reconciliation: Option<Reconciliation>,
-}
-
-impl Failed {
-    fn new(error: UpstreamError, attempts: u32, reconciliation: Option<Reconciliation>) -> Self {
-        Self {
-            error,
-            attempts,
-            reconciliation,
-        }
-    }
-
-    fn into_error(self, budget_exhausted: bool) -> CallError {
-        CallError::Upstream {
-            error: self.error,
-            attempts: self.attempts,
-            reconciliation: self.reconciliation,
-            budget_exhausted,
-        }
-    }
 }
 
 /// How a gateway keeps request ids (docs/design.md §7): the memory's bounds, and the journal of
@@ -505,10 +465,10 @@ mod call_log;
 mod metadata;
 mod upstream;
 
-use answer::ending;
+use answer::{Answered, Failed, ending};
 pub use answer::{Kept, Refused, Success};
 use call_log::log_call;
-pub use metadata::{caller_timeout, declared_retry};
+pub use metadata::{GRPC_PREVIOUS_ATTEMPTS_KEY, PREVIOUS_ATTEMPTS_KEY, caller_timeout, declared_retry};
 
 #[cfg(test)]
 mod tests;
