@@ -50,10 +50,12 @@ async fn invalid_configuration_exits_64_with_one_line() {
         (&["--health-listen", "nowhere"], None),
         (&[], Some(("CHIME_GATEWAY_IDEMPOTENCY_CAPACITY", "0"))),
         (&[], Some(("CHIME_GATEWAY_RECONCILE", "maybe"))),
-        (&["--retry-budget-tokens", "lots"], None),
-        (&[], Some(("CHIME_GATEWAY_RETRY_BUDGET_RETRY_COST", "0"))),
-        (&[], Some(("CHIME_GATEWAY_UPSTREAM_RATE", "fast"))),
-        (&["--upstream-rate", "0.1"], None),
+        (&["--retry-budget", "lots"], None),
+        (&[], Some(("CHIME_GATEWAY_ADAPTIVE_THROTTLE", "fast"))),
+        // Retired settings, whatever their value: exit 64 naming what replaced them.
+        (&["--retry-budget-tokens", "100"], None),
+        (&[], Some(("CHIME_GATEWAY_RETRY_BUDGET_RETRY_COST", "5"))),
+        (&[], Some(("CHIME_GATEWAY_UPSTREAM_RATE", "adaptive"))),
     ] {
         let mut cmd = command(GATEWAY);
         cmd.args(args);
@@ -95,11 +97,8 @@ async fn help_exits_0_and_names_every_setting() {
         "CHIME_GATEWAY_IDEMPOTENCY_CAPACITY",
         "CHIME_GATEWAY_RECONCILE",
         "CHIME_GATEWAY_STATE_DIR",
-        "CHIME_GATEWAY_RETRY_BUDGET_TOKENS",
-        "CHIME_GATEWAY_RETRY_BUDGET_RETRY_COST",
-        "CHIME_GATEWAY_RETRY_BUDGET_LOOKUP_COST",
-        "CHIME_GATEWAY_RETRY_BUDGET_REFILL",
-        "CHIME_GATEWAY_UPSTREAM_RATE",
+        "CHIME_GATEWAY_RETRY_BUDGET",
+        "CHIME_GATEWAY_ADAPTIVE_THROTTLE",
     ] {
         assert!(help.contains(name), "{name}");
     }
