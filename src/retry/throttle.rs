@@ -8,8 +8,8 @@
 //! So a process sends about `K` times what Chime accepts of its requests, plus a `PROBE` share of
 //! its requests: both in proportion to its own traffic, so a fleet's sum follows the fleet's
 //! traffic whatever its size (throttled at R, a fleet offered 5R sends about 1.1R + 0.03 x 5R).
-//! A new window counts [`PRIOR`] accepts in its oldest places until real requests fill it, so a
-//! new process is not thrown by its first 429s.
+//! A new window assumes [`PRIOR`] accepts in its oldest places, each taken away by a request not
+//! accepted: a new process is not thrown by its first random 429s, yet learns a throttle fast.
 //! `PROBE` is also what holds each process at its own share: without it a process's sends and
 //! accepts feed each other, and shares drift. Answers that are not 429 are accepts: a 503, or
 //! 7% of random 429s, never trigger it.
@@ -35,8 +35,8 @@ pub const PROBE: f64 = 0.03;
 /// A 429 is not retried while the throttle refuses at least this share of creates: the account
 /// is over its limit, and a retry could only add to what it refuses.
 pub const NO_RETRY_REFUSING: f64 = 0.25;
-/// The accepted requests a new window starts with: they hold its oldest places until real
-/// requests fill it.
+/// The accepts a new window assumes, in its oldest places: a new process (or one whose window
+/// was forgotten) is not thrown by its first 429s, and each request not accepted takes one away.
 pub const PRIOR: usize = 20;
 /// A window forgotten after silence holds at least this many requests (fewer span too little
 /// time to judge by).
@@ -107,6 +107,9 @@ struct Window {
     /// When each request was answered or refused, and whether Chime accepted it.
     requests: VecDeque<(Instant, bool)>,
     accepts: usize,
+    /// Accepts assumed in the window's oldest places: each request not accepted (a 429, or a
+    /// refusal) takes one away, so they hold while Chime accepts and go as soon as it throttles.
+    prior: usize,
     /// The fraction of a send carried to the next draw.
     carry: f64,
 }
@@ -116,6 +119,7 @@ impl Default for Window {
         Self {
             requests: VecDeque::with_capacity(WINDOW),
             accepts: 0,
+            prior: PRIOR,
             carry: 0.5,
         }
     }
@@ -123,7 +127,10 @@ impl Default for Window {
 
 impl Window {
     fn push(&mut self, at: Instant, accepted: bool) {
-        if self.requests.len() == WINDOW
+        if !accepted || self.requests.len() + self.prior == WINDOW {
+            self.prior = self.prior.saturating_sub(1);
+        }
+        if self.requests.len() + self.prior == WINDOW
             && let Some((_, old)) = self.requests.pop_front()
         {
             self.accepts -= usize::from(old);
@@ -143,11 +150,8 @@ impl Window {
     }
 
     fn refusal_probability(&self) -> f64 {
-        // Until the window is full, [`PRIOR`] accepts fill its oldest places: a new process, or
-        // one whose window was forgotten, is not thrown by the first few 429s it meets.
-        let prior = PRIOR.min(WINDOW - self.requests.len());
-        let requests = (self.requests.len() + prior) as f64;
-        let accepts = (self.accepts + prior) as f64;
+        let requests = (self.requests.len() + self.prior) as f64;
+        let accepts = (self.accepts + self.prior) as f64;
         (((1.0 - PROBE) * requests - K * accepts) / (requests + 1.0)).max(0.0)
     }
 
