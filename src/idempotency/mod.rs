@@ -359,4 +359,5 @@ fn weight(bytes: usize) -> u32 {
 }
 
 #[cfg(test)]
+#[path = "idempotency_tests.rs"]
 mod tests;

@@ -471,4 +471,5 @@ use call_log::log_call;
 pub use metadata::{GRPC_PREVIOUS_ATTEMPTS_KEY, PREVIOUS_ATTEMPTS_KEY, caller_timeout, declared_retry};
 
 #[cfg(test)]
+#[path = "service_tests.rs"]
 mod tests;
