@@ -7,10 +7,11 @@
 //! - [`SendLimiter`] (`throttle`): the SRE book's client-side adaptive throttling, a window for
 //!   each operation, refusing a share of requests while Chime throttles them.
 //!
-//! Every allowance is a share of the process's own recent traffic, never a pool or a floor of
-//! its own, so what a fleet adds sums to a share of the fleet's traffic whatever its size. Pure
-//! arithmetic over `tokio::time::Instant` (tests pause it); knows nothing of HTTP, gRPC or the
-//! SDK.
+//! Every allowance is a share of the process's own recent traffic, so what a fleet adds sums to a
+//! share of the fleet's traffic whatever its size. The one fixed amount is the retry budget's
+//! reserve of three requests, which lets a quiet process retry its own transient faults: an
+//! outage spends it once per process, and only successes earn it back. Pure arithmetic over
+//! `tokio::time::Instant` (tests pause it); knows nothing of HTTP, gRPC or the SDK.
 
 mod budget;
 mod throttle;
