@@ -173,7 +173,7 @@ fn shapes() -> Vec<Shape> {
             &[Lookup::Stale, SLOW],
         ),
         shape(
-            "a slot wait",
+            "a throttle that refuses",
             &[Create::Throttled, Create::Throttled, Create::Throttled],
             &[Create::Throttled, Create::StoredLost],
             &[SLOW],

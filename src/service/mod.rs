@@ -7,7 +7,7 @@
 //! keeps lives in `idempotency`, conversions in `translate`, status mapping in `error`.
 //!
 //! Here the call's flow (`handle`, `attempt_all`); beside it `upstream` (each upstream request:
-//! send slot, budget, metering), `answer` (what a call answers and what a request id keeps),
+//! the adaptive throttle, the budget, metering), `answer` (what a call answers and what a request id keeps),
 //! `metadata` (deadline and declared retries read from the call) and `call_log`.
 
 use std::{
@@ -45,9 +45,6 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// details) reaches the caller, and tonic's transport timeout (which answers CANCELLED) never
 /// fires first, even when a busy process polls the call a few milliseconds late.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
-/// A call waits for a send slot only if the slot comes this long before its deadline: time for
-/// the request to be built, signed and answered.
-pub const SEND_MARGIN: Duration = Duration::from_millis(100);
 /// Response metadata set when the answer is an earlier call's, for the same request id.
 pub const REPLAYED_KEY: &str = "x-chime-gateway-replayed";
 /// Response metadata set when the user was found by a lookup after an unknown outcome.
@@ -77,7 +74,7 @@ pub struct CallPolicy {
 enum Lookup {
     Found(Box<Found>),
     Missing(Reconciliation),
-    /// Not made: the retry budget is empty, or no send slot comes in time.
+    /// Not made: the retry budget is empty, or the adaptive throttle refused it.
     Refused {
         budget_exhausted: bool,
     },
@@ -262,7 +259,7 @@ impl<U: Upstream> ChimeGateway<U> {
             // The failure a retry follows, and what the retry took from the budget.
             let mut retrying: Option<(Failed, Withdrawal)> = None;
             loop {
-                if let Err(no_slot) = self.send_slot(deadline).await {
+                if let Err(no_slot) = self.admit_create() {
                     return Err(match retrying.take() {
                         None => CallError::RateLimited {
                             retry_after: no_slot.retry_after,

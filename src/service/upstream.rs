@@ -14,9 +14,8 @@ use crate::{
 };
 
 impl<U: Upstream> ChimeGateway<U> {
-    /// Whether the adaptive throttle lets a create go now (`_deadline`: the throttle decides at
-    /// once, never by waiting).
-    pub(super) async fn send_slot(&self, _deadline: Instant) -> Result<(), NoSlot> {
+    /// Whether the adaptive throttle lets a create go now: it decides at once, never by waiting.
+    pub(super) fn admit_create(&self) -> Result<(), NoSlot> {
         self.throttle(Operation::CreateUser)
     }
 
