@@ -32,16 +32,7 @@ async fn channel(addr: &str) -> Channel {
 
 /// A channel over a Unix socket, as grpc-go or grpcio dial `unix:/path`.
 async fn unix_channel(path: PathBuf) -> Channel {
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap()
+    common::unix_channel(tonic::transport::Endpoint::from_static("http://localhost"), &path).await
 }
 
 async fn health_of(channel: Channel, service: &str) -> Result<ServingStatus, tonic::Status> {

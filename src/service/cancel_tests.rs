@@ -253,21 +253,6 @@ impl<F: Future> Future for EndAt<F> {
     }
 }
 
-/// A temporary `--state-dir`.
-struct StateDir(std::path::PathBuf);
-
-impl StateDir {
-    fn new() -> Self {
-        Self(std::env::temp_dir().join(format!("chime-cancel-{}", uuid::Uuid::new_v4())))
-    }
-}
-
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A gateway at its defaults over `chime`, with the journal in `dir` if given.
 fn gateway_over(chime: &Arc<Chime>, dir: Option<&StateDir>, shape: &Shape) -> ChimeGateway<Arc<Chime>> {
     let mut policy = policy(3);

@@ -4,21 +4,7 @@
 use super::*;
 use crate::idempotency::Journal;
 
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        Self(std::env::temp_dir().join(format!("chime-restart-{}", uuid::Uuid::new_v4())))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn journaled(up: &Arc<Scripted>, dir: &TempDir) -> ChimeGateway<Arc<Scripted>> {
+fn journaled(up: &Arc<Scripted>, dir: &StateDir) -> ChimeGateway<Arc<Scripted>> {
     let (journal, recovered) = Journal::open(&dir.0, DEFAULT_IDEMPOTENCY_TTL, 100).unwrap();
     let ids = RequestIds::journaled(
         DEFAULT_IDEMPOTENCY_TTL,
@@ -40,7 +26,7 @@ fn declared(
 
 #[tokio::test]
 async fn a_call_cut_mid_attempt_is_in_doubt_for_the_next_process_with_the_journal() {
-    let dir = TempDir::new();
+    let dir = StateDir::new();
     let up = Arc::new(Scripted {
         delay: Duration::from_millis(200),
         ..Default::default()
@@ -60,7 +46,7 @@ async fn a_call_cut_mid_attempt_is_in_doubt_for_the_next_process_with_the_journa
 
 #[tokio::test]
 async fn a_call_that_ends_knowing_its_outcome_leaves_nothing_in_doubt() {
-    let dir = TempDir::new();
+    let dir = StateDir::new();
     let up = scripted(vec![status(503, None)], vec![]);
     let first = journaled(&up, &dir);
     first.create_user(with_email(ID)).await.unwrap();
@@ -77,7 +63,7 @@ async fn a_call_that_ends_knowing_its_outcome_leaves_nothing_in_doubt() {
 
 #[tokio::test]
 async fn an_unknown_outcome_stays_in_doubt_in_the_journal() {
-    let dir = TempDir::new();
+    let dir = StateDir::new();
     let up = scripted(vec![lost()], vec![Err(status(403, None))]);
     let first = journaled(&up, &dir);
     let s = first.create_user(with_email(ID)).await.unwrap_err();

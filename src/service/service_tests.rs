@@ -727,6 +727,21 @@ fn the_call_line_says_what_the_upstream_did() {
     assert_eq!(line["attempts"], 2, "{line}");
 }
 
+/// A temporary `--state-dir`, removed on drop.
+struct StateDir(std::path::PathBuf);
+
+impl StateDir {
+    fn new() -> Self {
+        Self(std::env::temp_dir().join(format!("chime-state-{}", uuid::Uuid::new_v4())))
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[path = "protection_tests.rs"]
 mod protection;
 

@@ -141,6 +141,21 @@ impl Gateway {
     }
 }
 
+/// `endpoint` dialled over the Unix socket at `path`, as grpc-go or grpcio dial `unix:/path`.
+pub async fn unix_channel(endpoint: tonic::transport::Endpoint, path: &std::path::Path) -> Channel {
+    let path = path.to_owned();
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
 /// An emulator with the default keys and accounts.
 pub async fn emulator() -> Emulator {
     Emulator::start(EmulatorConfig::default()).await.unwrap()

@@ -151,17 +151,7 @@ impl Gateway {
 
 /// `endpoint` dialled over the Unix socket at `path`.
 async fn unix_endpoint(endpoint: Endpoint, path: &std::path::Path) -> Channel {
-    let path = path.to_owned();
-    endpoint
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap()
+    crate::common::unix_channel(endpoint, path).await
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {
