@@ -14,11 +14,12 @@
 //! Senders: 1, 4 and 50 gateways with the protections at their defaults (`on`) and 1 and 50
 //! without them (`--retry-budget off --adaptive-throttle off`), and, as anchors, AWS SDK clients
 //! alone (standard and adaptive retry mode, 3 attempts, each its own retry partition). Every
-//! sender is up before any load starts; then every sender starts at once, each a fraction of its
-//! interval after the one before, so the fleet's calls come evenly at `RATE`.
+//! sender is up before any load starts; then every sender starts at once, its calls a Poisson
+//! process of its share of `RATE` (evenly spaced calls would lock in phase with Chime's token
+//! bucket, and the sender whose calls come just after each refill would take every token).
 //!
 //! Settings: `FLEET_SECONDS` (per run, default 20), `FLEET_ONLY` (run the scenarios whose name
-//! contains it). Writes `target/bench/fleet.md` and the "Under faults" table of `BENCHMARKS.md`.
+//! contains it), `FLEET_SENDERS` (run the rows whose senders contain it, as `50 gateways (on)`). Writes `target/bench/fleet.md` and the "Under faults" table of `BENCHMARKS.md`.
 
 #[allow(dead_code)]
 #[path = "../load/generator.rs"]
@@ -37,7 +38,7 @@ use chime_gateway::{
     emulator::{DEMO_ACCOUNT_ID, Stats},
     pb::chime::v1::{CreateUserRequest, UserType, chime_service_client::ChimeServiceClient},
 };
-use generator::{Run, counted_loop, open_loop};
+use generator::{Run, counted_loop, poisson_loop};
 
 /// Calls offered per second, across the fleet.
 const RATE: f64 = 100.0;
@@ -103,14 +104,24 @@ impl Scenario {
     }
 
     /// How long the fault runs before it is measured: a throttled fleet settles first, each
-    /// sidecar learning from its own calls (`FLEET_SETTLE`, default 40 s); other faults are
+    /// sidecar learning from its own calls (`FLEET_SETTLE`, default 20 s); other faults are
     /// measured from their first moment.
     fn settle(self) -> Duration {
         if self != Scenario::Throttled {
             return Duration::ZERO;
         }
         let seconds = std::env::var("FLEET_SETTLE").ok().and_then(|v| v.parse().ok());
-        Duration::from_secs(seconds.unwrap_or(40))
+        Duration::from_secs(seconds.unwrap_or(20))
+    }
+
+    /// How long the scenario is measured, given the runs' `seconds`: twice that when throttled,
+    /// where one call in five is OK and each sender's share of them needs the calls.
+    fn measured(self, seconds: Duration) -> Duration {
+        if self == Scenario::Throttled {
+            seconds * 2
+        } else {
+            seconds
+        }
     }
 
     /// The senders of the scenario's rows.
@@ -176,6 +187,8 @@ fn plural(n: usize) -> &'static str {
 struct Row {
     scenario: Scenario,
     sender: String,
+    /// How long calls were made for, when offered at `RATE` (not the burst).
+    measured: Option<Duration>,
     runs: Vec<Run>,
     stats: Stats,
 }
@@ -199,10 +212,6 @@ impl Row {
         self.runs.iter().filter_map(refused).sum()
     }
 
-    fn seconds(&self) -> f64 {
-        self.runs.iter().map(|r| r.seconds).fold(0.0, f64::max)
-    }
-
     fn creates_per_call(&self) -> f64 {
         self.stats.create_user.received as f64 / self.calls().max(1) as f64
     }
@@ -215,24 +224,35 @@ impl Row {
         self.ok() as f64 / self.calls().max(1) as f64
     }
 
+    /// Requests sent per second against `LIMIT`: those of the calls made while the scenario
+    /// was measured, over that time (the burst's: over its own length).
     fn sent_per_limit(&self) -> f64 {
         let sent = self.stats.create_user.received + self.stats.list_users.received;
         sent as f64 / self.seconds() / f64::from(LIMIT)
     }
 
+    /// OK calls per second against `LIMIT`, likewise.
     fn ok_per_limit(&self) -> f64 {
         self.ok() as f64 / self.seconds() / f64::from(LIMIT)
     }
 
-    /// The smallest sender's OK calls against an even share of them.
+    fn seconds(&self) -> f64 {
+        match self.measured {
+            Some(measured) => measured.as_secs_f64(),
+            None => self.runs.iter().map(|r| r.seconds).fold(0.0, f64::max),
+        }
+    }
+
+    /// The smallest sender's OK calls against an even share of them for the calls it made.
     fn min_share(&self) -> f64 {
-        let even = self.ok() as f64 / self.runs.len() as f64;
-        if even == 0.0 {
+        let (ok, calls) = (self.ok() as f64, self.calls() as f64);
+        if ok == 0.0 {
             return 0.0;
         }
         self.runs
             .iter()
-            .map(|r| Self::ok_of(r) as f64 / even)
+            .filter(|r| r.requests > 0)
+            .map(|r| Self::ok_of(r) as f64 / (ok * r.requests as f64 / calls))
             .fold(f64::MAX, f64::min)
     }
 
@@ -357,8 +377,8 @@ async fn callers(url: &str, sender: Sender, deadline: Duration) -> (Vec<Caller>,
 }
 
 /// `RATE` calls/s across `callers`, for `settle` (not counted: the emulator's counts are reset
-/// after it) and then `seconds`: all start together, each a fraction of its interval after the
-/// one before, so the fleet's calls come evenly.
+/// after it) and then `seconds`: all start together, and each sender's calls come as a Poisson
+/// process of its share of `RATE`, as independent callers' do.
 async fn offered(url: &str, callers: Vec<Caller>, settle: Duration, seconds: Duration) -> Vec<Run> {
     let n = callers.len();
     let rate = RATE / n as f64;
@@ -367,14 +387,14 @@ async fn offered(url: &str, callers: Vec<Caller>, settle: Duration, seconds: Dur
         .into_iter()
         .enumerate()
         .map(|(i, call)| {
-            let phase = Duration::from_secs_f64(i as f64 / RATE);
+            let seed = 34 + i as u64;
             tokio::spawn(async move {
-                tokio::time::sleep_until(start + phase).await;
+                tokio::time::sleep_until(start).await;
                 if !settle.is_zero() {
                     let call = call.clone();
-                    open_loop(rate, settle, move |id| call(id)).await;
+                    poisson_loop(rate, settle, seed << 1, move |id| call(id)).await;
                 }
-                open_loop(rate, seconds, move |id| call(id)).await
+                poisson_loop(rate, seconds, seed << 1 | 1, move |id| call(id)).await
             })
         })
         .collect();
@@ -425,7 +445,7 @@ async fn run(scenario: Scenario, sender: Sender, seconds: Duration) -> Row {
     let runs = if scenario == Scenario::Burst {
         burst(&url, callers.remove(0)).await
     } else {
-        offered(&url, callers, scenario.settle(), seconds).await
+        offered(&url, callers, scenario.settle(), scenario.measured(seconds)).await
     };
     let (_, body) = procs::admin(&url, http::Method::GET, "stats", "").await;
     let stats: Stats = serde_json::from_slice(&body).unwrap();
@@ -433,6 +453,7 @@ async fn run(scenario: Scenario, sender: Sender, seconds: Duration) -> Row {
     Row {
         scenario,
         sender: sender.label(),
+        measured: (scenario != Scenario::Burst).then(|| scenario.measured(seconds)),
         runs,
         stats,
     }
@@ -445,12 +466,16 @@ fn table(rows: &[Row], seconds: Duration) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{RATE} calls/s offered for {} s across the senders, each call with a request id and a \
-         5 s deadline; R = {LIMIT} requests/s, the throttled account's limit, counted after the \
-         fleet met the throttle for {} s. `burst`: 200 creates, 32 at a time, each with a 30 s \
-         deadline, 10 s after the sender's 6 calls met 429 (counted from the burst). Requests are \
-         counted at the emulator (creates, and ListUsers lookups).\n",
+        "{RATE} calls/s offered for {} s across the senders ({} s when throttled), each sender's \
+         calls a Poisson process, each call with a request id and a 5 s deadline; R = {LIMIT} \
+         requests/s, the throttled account's limit, counted after the fleet met the throttle for \
+         {} s. `burst`: 200 creates, \
+         32 at a time, each with a 30 s deadline, 10 s after the sender's 6 calls met 429 \
+         (counted from the burst). Requests are counted at the emulator (creates, and ListUsers \
+         lookups); min share: the least OK share of a sender against an even share for its \
+         calls.\n",
         seconds.as_secs(),
+        Scenario::Throttled.measured(seconds).as_secs(),
         Scenario::Throttled.settle().as_secs()
     );
     let _ = writeln!(
@@ -472,6 +497,7 @@ async fn suite() {
             .unwrap_or(20),
     );
     let only = std::env::var("FLEET_ONLY").unwrap_or_default();
+    let senders = std::env::var("FLEET_SENDERS").unwrap_or_default();
     let mut rows = Vec::new();
     for scenario in [
         Scenario::Outage503,
@@ -485,6 +511,9 @@ async fn suite() {
             continue;
         }
         for sender in scenario.senders() {
+            if !sender.label().contains(&senders) {
+                continue;
+            }
             let row = run(scenario, sender, seconds).await;
             println!("{}", row.line());
             if std::env::var_os("FLEET_VERBOSE").is_some() {
@@ -500,7 +529,7 @@ async fn suite() {
     let table = table(&rows, seconds);
     std::fs::create_dir_all("target/bench").unwrap();
     std::fs::write("target/bench/fleet.md", &table).unwrap();
-    if only.is_empty() {
+    if only.is_empty() && senders.is_empty() {
         let doc = std::fs::read_to_string("BENCHMARKS.md").unwrap();
         let (head, rest) = doc
             .split_once(START)

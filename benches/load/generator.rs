@@ -166,13 +166,56 @@ where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = String> + Send + 'static,
 {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut first = true;
+    paced(
+        duration,
+        move || {
+            if std::mem::take(&mut first) {
+                Duration::ZERO
+            } else {
+                interval
+            }
+        },
+        call,
+    )
+    .await
+}
+
+/// Calls started as a Poisson process of `rate` per second for `duration` (independent callers:
+/// the gaps are exponential, drawn from `seed` so that runs repeat), whatever the answers'
+/// latency. Evenly spaced calls from many senders would lock in phase with a token bucket that
+/// refills evenly, and the sender whose calls come just after each refill would take every token.
+/// (The fleet bench's: the load bench does not use it.)
+#[allow(dead_code)]
+pub async fn poisson_loop<F, Fut>(rate: f64, duration: Duration, seed: u64, call: F) -> Run
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = String> + Send + 'static,
+{
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let gap = move || Duration::from_secs_f64(-(1.0 - rng.random::<f64>()).ln() / rate);
+    paced(duration, gap, call).await
+}
+
+/// Calls started each `gap()` after the one before (the first `gap()` after the start), until
+/// `duration` has passed; late starts catch up at once.
+async fn paced<F, Fut>(duration: Duration, mut gap: impl FnMut() -> Duration, call: F) -> Run
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = String> + Send + 'static,
+{
     let tally = Arc::new(Mutex::new(Tally::default()));
-    let started = Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = tokio::time::Instant::now();
+    let mut at = started;
     let mut calls = Vec::new();
-    while started.elapsed() < duration {
-        ticker.tick().await;
+    loop {
+        at += gap();
+        if at.duration_since(started) >= duration {
+            break;
+        }
+        tokio::time::sleep_until(at).await;
         let (call, tally) = (call.clone(), tally.clone());
         calls.push(tokio::spawn(async move {
             let t = Instant::now();
