@@ -173,15 +173,23 @@ fn a_damaged_record_is_skipped_and_the_records_after_it_are_kept() {
         }
     }
     let mut bytes = std::fs::read(&path).unwrap();
-    for n in (0..8).step_by(2) {
-        bytes[n * RECORD_LEN] = 0x7f;
+    // The reopening rewrote the live records in an order of its own: each record's fingerprint
+    // (its first byte at offset 33) says which key a place holds.
+    let mut sound = Vec::new();
+    for n in 0..8 {
+        if n % 2 == 0 {
+            bytes[n * RECORD_LEN] = 0x7f;
+        } else {
+            sound.push(bytes[n * RECORD_LEN + 33]);
+        }
     }
     std::fs::write(&path, &bytes).unwrap();
     let (_, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
     assert_eq!((recovered.records, recovered.damaged), (4, 4));
     let mut kept: Vec<_> = recovered.in_doubt.iter().map(|(_, f)| f.0[0]).collect();
     kept.sort_unstable();
-    assert_eq!(kept, vec![3, 5, 7, 9]);
+    sound.sort_unstable();
+    assert_eq!(kept, sound);
     // Garbage from the first byte: nothing read, and the gateway starts.
     std::fs::write(&path, b"not a journal at all, not even one record long").unwrap();
     let (journal, recovered) = Journal::open(&d.0, TTL, 100).unwrap();
