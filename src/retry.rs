@@ -17,7 +17,9 @@ mod budget;
 mod throttle;
 
 pub use budget::{BudgetConfig, Extra, RESERVE, RetryBudget, Sent, WINDOW as BUDGET_WINDOW, Withdrawal};
-pub use throttle::{K, NO_RETRY_REFUSING, NoSlot, Operation, PRIOR, PROBE, SendLimiter, SendRate, WINDOW};
+pub use throttle::{
+    K, NO_RETRY_REFUSING, NoSlot, Operation, PRIOR, PROBE, SendLimiter, SendRate, Tuning, WINDOW,
+};
 
 use std::time::Duration;
 

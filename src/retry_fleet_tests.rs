@@ -7,6 +7,13 @@
 //! as the fleet needs to send each process a few hundred calls, and the figures are those of the
 //! calls that arrive during the fault. `cargo test --lib fleet -- --nocapture` prints the table
 //! of BENCHMARKS.md, "Under faults".
+//!
+//! Settings, to compare: `FLEET_SIM_SEED` (another draw), `FLEET_SIM_ONLY` (the faults whose name
+//! contains it), `FLEET_SIM_SENDERS` (`1,10`); the timeline, in seconds: `FLEET_SIM_HEALTHY`
+//! (before the fault, 60), `FLEET_SIM_SETTLE` (of a fault before it is measured) and
+//! `FLEET_SIM_SECONDS` (measured); and the throttle's constants `FLEET_SIM_WINDOW`,
+//! `FLEET_SIM_K`, `FLEET_SIM_PROBE` and `FLEET_SIM_PRIOR` (the gateway's by default). The goals
+//! are asserted whatever the settings: a run with others may fail.
 
 use std::sync::{Arc, Mutex};
 
@@ -181,6 +188,8 @@ struct Figures {
     lookups: u64,
     /// The least OK share of a sender against the share its calls would get evenly.
     min_share: f64,
+    /// The tenth percentile of the same.
+    p10_share: f64,
 }
 
 impl Figures {
@@ -218,20 +227,6 @@ impl Figures {
         }
     }
 
-    /// The one goal not met: with 100 senders or more, each offered a call every second or
-    /// less often, some may get under half an even share of OK calls (0.36 to 0.63 over the
-    /// seeds tried; chance alone, one call in five OK over 600 calls, leaves about 0.8 at 100
-    /// senders and 0.65 at 1,000). Each process's share follows the accepts it happened to meet,
-    /// and the throttle's pull back to an even share (its probes) is weak. Every other goal of
-    /// the row holds, and the share may not fall further.
-    fn known_gap(&self) -> bool {
-        self.fault == Fault::Throttled
-            && self.senders >= 100
-            && self.sent_per_limit() <= 1.3
-            && self.ok_per_limit() >= 0.9
-            && self.min_share >= 0.3
-    }
-
     fn line(&self) -> String {
         let (goal, met) = self.goal();
         format!(
@@ -248,7 +243,7 @@ impl Figures {
             if self.ok == 0 {
                 "-".to_owned()
             } else {
-                format!("{:.2}", self.min_share)
+                format!("{:.2} ({:.2})", self.min_share, self.p10_share)
             },
             if met { "met" } else { "**missed**" },
         )
@@ -265,18 +260,38 @@ fn fault_seconds(fault: Fault, senders: usize) -> f64 {
 
 /// How long a throttle lasts before it is measured: three turns of each process's window, the
 /// time a fleet takes to settle (a quiet process settles at the pace of its own calls).
-fn settling(fault: Fault, senders: usize) -> Duration {
+fn settling(fault: Fault, senders: usize, tuning: Tuning) -> Duration {
     if fault != Fault::Throttled {
         return Duration::ZERO;
     }
-    Duration::from_secs_f64(3.0 * WINDOW as f64 * senders as f64 / RATE)
+    Duration::from_secs_f64(3.0 * tuning.window as f64 * senders as f64 / RATE)
+}
+
+fn setting<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// The throttle's constants: the gateway's, or those the settings name.
+fn tuning() -> Tuning {
+    let gateway = Tuning::DEFAULT;
+    Tuning {
+        window: setting("FLEET_SIM_WINDOW").unwrap_or(gateway.window),
+        k: setting("FLEET_SIM_K").unwrap_or(gateway.k),
+        probe: setting("FLEET_SIM_PROBE").unwrap_or(gateway.probe),
+        prior: setting("FLEET_SIM_PRIOR").unwrap_or(gateway.prior),
+        floor: setting("FLEET_SIM_FLOOR").unwrap_or(gateway.floor),
+    }
 }
 
 async fn simulate(fault: Fault, senders: usize, seed: u64) -> Figures {
-    let seconds = fault_seconds(fault, senders);
+    let seconds = setting("FLEET_SIM_SECONDS").unwrap_or_else(|| fault_seconds(fault, senders));
+    let tuning = tuning();
     let start = Instant::now();
-    let from = start + HEALTHY;
-    let measured = from + settling(fault, senders);
+    let healthy = setting("FLEET_SIM_HEALTHY").map_or(HEALTHY, Duration::from_secs);
+    let settle =
+        setting("FLEET_SIM_SETTLE").map_or_else(|| settling(fault, senders, tuning), Duration::from_secs);
+    let from = start + healthy;
+    let measured = from + settle;
     let until = measured + Duration::from_secs_f64(seconds);
     let chime = Arc::new(Mutex::new(Chime {
         fault,
@@ -292,7 +307,7 @@ async fn simulate(fault: Fault, senders: usize, seed: u64) -> Figures {
         .map(|_| {
             Arc::new(Gateway {
                 budget: RetryBudget::new(Some(BudgetConfig::default())),
-                limiter: SendLimiter::new(SendRate::Adaptive),
+                limiter: SendLimiter::tuned(SendRate::Adaptive, tuning),
             })
         })
         .collect();
@@ -322,11 +337,12 @@ async fn simulate(fault: Fault, senders: usize, seed: u64) -> Figures {
     }
     let calls: u64 = by_sender.iter().map(|s| s.0).sum();
     let ok: u64 = by_sender.iter().map(|s| s.1).sum();
-    let min_share = by_sender
+    let mut shares: Vec<f64> = by_sender
         .iter()
         .filter(|s| s.0 > 0)
         .map(|&(n, served)| served as f64 / (ok as f64 * n as f64 / calls as f64))
-        .fold(f64::MAX, f64::min);
+        .collect();
+    shares.sort_by(f64::total_cmp);
     let chime = chime.lock().unwrap();
     Figures {
         fault,
@@ -336,26 +352,29 @@ async fn simulate(fault: Fault, senders: usize, seed: u64) -> Figures {
         ok,
         creates: chime.creates,
         lookups: chime.lookups,
-        min_share,
+        min_share: shares[0],
+        p10_share: shares[(shares.len() - 1) / 10],
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_fleet_settles_at_what_a_throttled_account_accepts() {
     let mut table = vec![
-        "| fault | senders | fault lasted | calls | OK | creates/call | requests/call | sent/s vs R | OK/s vs R | min share | goal |".to_owned(),
+        "| fault | senders | fault lasted | calls | OK | creates/call | requests/call | sent/s vs R | OK/s vs R | min share (p10) | goal |".to_owned(),
         "|---|---|---|---|---|---|---|---|---|---|---|".to_owned(),
     ];
     let mut missed = Vec::new();
-    // FLEET_SIM_SEED: another draw of arrivals, faults and jitter, to see the spread.
-    let seed = std::env::var("FLEET_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(34);
-    for fault in Fault::ALL {
-        for senders in [1, 10, 100, 1000] {
+    let seed = setting("FLEET_SIM_SEED").unwrap_or(34);
+    let only: String = setting("FLEET_SIM_ONLY").unwrap_or_default();
+    let fleets: Vec<usize> = std::env::var("FLEET_SIM_SENDERS").map_or(vec![1, 10, 100, 1000], |v| {
+        v.split(',')
+            .map(|n| n.trim().parse().expect("FLEET_SIM_SENDERS: numbers"))
+            .collect()
+    });
+    for fault in Fault::ALL.into_iter().filter(|f| f.name().contains(&only)) {
+        for &senders in &fleets {
             let figures = simulate(fault, senders, seed).await;
-            if !figures.goal().1 && !figures.known_gap() {
+            if !figures.goal().1 {
                 missed.push(format!("{figures:?}"));
             }
             table.push(figures.line());

@@ -153,14 +153,29 @@ async fn a_new_process_takes_its_first_429s_in_its_stride_then_sends_its_probe_s
     assert_eq!(ask(&limiter, 2, |_| true), 2);
     assert_eq!(limiter.refusal_probability(Operation::CreateUser), Some(0.0));
     // Every request throttled: the window fills with 429s and refusals, and the process sends
-    // exactly its share, PROBE plus one request a window: 1 - 0.97 x 200 / 201 of 1,000.
+    // exactly its share, PROBE plus one request a window: 1 - 0.97 x 400 / 401 of 1,000.
     let _ = ask(&limiter, 1000, |_| true);
     let p = limiter.refusal_probability(Operation::CreateUser).unwrap();
     assert!((0.96..0.97).contains(&p), "{p}");
-    assert_eq!(ask(&limiter, 1000, |_| true), 35);
+    assert_eq!(ask(&limiter, 1000, |_| true), 33);
     let refused = limiter.acquire(Operation::CreateUser).unwrap_err();
     assert!(refused.retry_after >= Duration::from_secs(1));
     assert!(refused.retry_after <= Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_process_long_at_ease_learns_a_throttle_from_the_sends_that_meet_it() {
+    // A window full of accepts, as a quiet sidecar's after minutes of a healthy account.
+    let limiter = SendLimiter::new(SendRate::Adaptive);
+    assert_eq!(ask(&limiter, WINDOW, |_| false), WINDOW);
+    // Chime begins to throttle: 14 of the next 20 sends meet 429, and the window's accepts still
+    // outweigh them; the 15th is the onset, and the window keeps only the 20 requests since.
+    assert_eq!(ask(&limiter, 19, |i| i % 4 != 0), 19);
+    assert_eq!(limiter.refusal_probability(Operation::CreateUser), Some(0.0));
+    assert_eq!(ask(&limiter, 1, |_| true), 1);
+    let p = limiter.refusal_probability(Operation::CreateUser).unwrap();
+    // (0.97 x 20 - 1.1 x 5) / 21: the throttle's own answers, not the 400 accepts before them.
+    assert!((0.66..0.67).contains(&p), "{p}");
 }
 
 #[tokio::test(start_paused = true)]

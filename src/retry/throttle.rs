@@ -12,7 +12,11 @@
 //! accepted: a new process is not thrown by its first random 429s, yet learns a throttle fast.
 //! `PROBE` is also what holds each process at its own share: without it a process's sends and
 //! accepts feed each other, and shares drift. Answers that are not 429 are accepts: a 503, or
-//! 7% of random 429s, never trigger it.
+//! 7% of random 429s, never trigger it. A long window learns slowly that a throttle began (a
+//! quiet process's accepts of the last minutes outweigh its first 429s), so the onset of a
+//! throttle, most of a process's last sends answered 429 ([`ONSET`]), cuts the window back to
+//! the requests that met it. And a process that bad luck left far below its share is held at
+//! no less than half of it ([`FLOOR`]).
 //!
 //! The draws are deterministic (error diffusion: a fraction of a request carried from one draw
 //! to the next), so a process refuses exactly its share and tests repeat. A window whose process
@@ -24,13 +28,18 @@ use std::{collections::VecDeque, str::FromStr, sync::Mutex, time::Duration};
 use rand::Rng;
 use tokio::time::Instant;
 
-/// How many of its last requests a process judges by, for each operation.
-pub const WINDOW: usize = 200;
-/// Sends allowed per accept: 10% above what Chime accepts, so that random 429s of up to about
-/// 10% never refuse (with [`PROBE`]), while a fleet throttled at R sends about 1.1 R + PROBE.
+/// How many of its last requests a process judges by, for each operation. The longer the window,
+/// the less a throttled process's share follows the chance of its own recent answers: with 400,
+/// the least of 1,000 quiet senders keeps 0.49 to 0.56 of an even share over three draws of the
+/// fleet simulation, against 0.40 to 0.49 with 200.
+pub const WINDOW: usize = 400;
+/// Sends allowed per accept: 10% above what Chime accepts, so that random 429s of up to 11.8%
+/// never refuse (`1 - (1 - PROBE) / K`), while a fleet throttled at R sends about 1.1 R + PROBE.
 pub const K: f64 = 1.1;
 /// The share of requests sent whatever the window says: probes whose answers tell a process
-/// when the throttle ends, and the pull that holds each process's sends at its own share.
+/// when the throttle ends, and the pull that holds each process's sends at its own share (by
+/// `PROBE x offered / sent` a window, an eighth at 5R offered). A larger `PROBE` with a smaller
+/// `K` pulls little harder for the same sum, and narrows the headroom random 429s need.
 pub const PROBE: f64 = 0.03;
 /// A 429 is not retried while the throttle refuses at least this share of creates: the account
 /// is over its limit, and a retry could only add to what it refuses.
@@ -38,6 +47,29 @@ pub const NO_RETRY_REFUSING: f64 = 0.25;
 /// The accepts a new window assumes, in its oldest places: a new process (or one whose window
 /// was forgotten) is not thrown by its first 429s, and each request not accepted takes one away.
 pub const PRIOR: usize = 20;
+/// The least a throttled process sends, as a share of what its own answers say it settles at:
+/// `PROBE / (1 - K x accepted)`, where `accepted` is the share of its window's sends that Chime
+/// accepted (the same for every process of a fleet, give or take chance). A process whose
+/// window fell far below its share after bad luck, and would climb back only at `PROBE`'s slow
+/// pull, sends at least half of it at once.
+pub const FLOOR: f64 = 0.5;
+
+/// What became of one request in a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Sent, and not answered 429.
+    Accepted,
+    /// Sent, and answered 429.
+    Throttled,
+    /// Refused by the throttle.
+    Refused,
+}
+
+/// A throttle's onset: when [`ONSET`]`.0` of a process's last [`ONSET`]`.1` requests sent were
+/// answered 429, its window keeps only what came from the first of them on. Random 429s of 7%
+/// do that about once in 10^13 sends, a settled throttle (one send in five answered 429) once in
+/// five million; a throttle that begins, at once.
+pub const ONSET: (usize, usize) = (15, 20);
 /// A window forgotten after silence holds at least this many requests (fewer span too little
 /// time to judge by).
 const STALE_AFTER: usize = 4;
@@ -101,12 +133,47 @@ pub struct NoSlot {
     pub retry_after: Duration,
 }
 
+/// The throttle's constants, together: [`Tuning::DEFAULT`] in the gateway.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tuning {
+    /// [`WINDOW`].
+    pub window: usize,
+    /// [`K`].
+    pub k: f64,
+    /// [`PROBE`].
+    pub probe: f64,
+    /// [`PRIOR`].
+    pub prior: usize,
+    /// [`FLOOR`].
+    pub floor: f64,
+}
+
+impl Tuning {
+    /// The gateway's constants.
+    pub const DEFAULT: Tuning = Tuning {
+        window: WINDOW,
+        k: K,
+        probe: PROBE,
+        prior: PRIOR,
+        floor: FLOOR,
+    };
+}
+
 /// One operation's window.
 #[derive(Debug)]
 struct Window {
+    tuning: Tuning,
     /// When each request was answered or refused, and whether Chime accepted it.
-    requests: VecDeque<(Instant, bool)>,
+    requests: VecDeque<(Instant, Answer)>,
     accepts: usize,
+    /// The requests in the window that were sent and answered 429.
+    throttled: usize,
+    /// Requests pushed into the window so far.
+    pushed: u64,
+    /// The last [`ONSET`]`.1` requests sent: which push each was, and whether it met a 429.
+    sent: VecDeque<(u64, bool)>,
+    /// Of those, the ones answered 429.
+    sent_throttled: usize,
     /// Accepts assumed in the window's oldest places: each request not accepted (a 429, or a
     /// refusal) takes one away, so they hold while Chime accepts and go as soon as it throttles.
     prior: usize,
@@ -114,29 +181,78 @@ struct Window {
     carry: f64,
 }
 
-impl Default for Window {
-    fn default() -> Self {
+impl Window {
+    fn new(tuning: Tuning) -> Self {
         Self {
-            requests: VecDeque::with_capacity(WINDOW),
+            tuning,
+            requests: VecDeque::with_capacity(tuning.window),
             accepts: 0,
-            prior: PRIOR,
+            throttled: 0,
+            pushed: 0,
+            sent: VecDeque::with_capacity(ONSET.1),
+            sent_throttled: 0,
+            prior: tuning.prior,
             carry: 0.5,
         }
     }
-}
 
-impl Window {
-    fn push(&mut self, at: Instant, accepted: bool) {
-        if !accepted || self.requests.len() + self.prior == WINDOW {
+    fn push(&mut self, at: Instant, answer: Answer) {
+        let window = self.tuning.window;
+        if answer != Answer::Accepted || self.requests.len() + self.prior == window {
             self.prior = self.prior.saturating_sub(1);
         }
-        if self.requests.len() + self.prior == WINDOW
+        if self.requests.len() + self.prior == window
             && let Some((_, old)) = self.requests.pop_front()
         {
-            self.accepts -= usize::from(old);
+            self.drop_answer(old);
         }
-        self.requests.push_back((at, accepted));
-        self.accepts += usize::from(accepted);
+        self.requests.push_back((at, answer));
+        self.accepts += usize::from(answer == Answer::Accepted);
+        self.throttled += usize::from(answer == Answer::Throttled);
+        self.pushed += 1;
+    }
+
+    fn drop_answer(&mut self, answer: Answer) {
+        self.accepts -= usize::from(answer == Answer::Accepted);
+        self.throttled -= usize::from(answer == Answer::Throttled);
+    }
+
+    /// A request sent was answered: `throttled` when with a 429.
+    fn answered(&mut self, at: Instant, throttled: bool) {
+        self.push(
+            at,
+            if throttled {
+                Answer::Throttled
+            } else {
+                Answer::Accepted
+            },
+        );
+        if self.sent.len() == ONSET.1
+            && let Some((_, old)) = self.sent.pop_front()
+        {
+            self.sent_throttled -= usize::from(old);
+        }
+        self.sent.push_back((self.pushed - 1, throttled));
+        self.sent_throttled += usize::from(throttled);
+        if self.sent_throttled >= ONSET.0 {
+            self.onset();
+        }
+    }
+
+    /// A throttle began: the window keeps what came from the first of the sends that met it on,
+    /// so the accepts before it (a quiet process's may go back minutes) no longer outweigh it.
+    fn onset(&mut self) {
+        let Some(&(first, _)) = self.sent.front() else {
+            return;
+        };
+        let keep = usize::try_from(self.pushed - first).unwrap_or(usize::MAX);
+        while self.requests.len() > keep {
+            let (_, old) = self.requests.pop_front().expect("longer than kept");
+            self.drop_answer(old);
+        }
+        self.prior = 0;
+        self.sent.clear();
+        self.sent_throttled = 0;
     }
 
     fn forget_if_stale(&mut self, now: Instant) {
@@ -145,14 +261,27 @@ impl Window {
         };
         let span = newest.duration_since(oldest);
         if self.requests.len() >= STALE_AFTER && now.duration_since(newest) > span * 2 {
-            *self = Self::default();
+            *self = Self::new(self.tuning);
         }
     }
 
     fn refusal_probability(&self) -> f64 {
         let requests = (self.requests.len() + self.prior) as f64;
         let accepts = (self.accepts + self.prior) as f64;
-        (((1.0 - PROBE) * requests - K * accepts) / (requests + 1.0)).max(0.0)
+        let Tuning { k, probe, floor, .. } = self.tuning;
+        let p = (((1.0 - probe) * requests - k * accepts) / (requests + 1.0)).max(0.0);
+        let sent = self.accepts + self.throttled;
+        if floor == 0.0 || sent == 0 {
+            return p;
+        }
+        // FLOOR's share of where the process settles, by its own sends' answers.
+        let accepted = self.accepts as f64 / sent as f64;
+        let settles_at = if k * accepted >= 1.0 - probe {
+            1.0
+        } else {
+            (probe / (1.0 - k * accepted)).min(1.0)
+        };
+        p.min(1.0 - floor * settles_at)
     }
 
     /// Draws for one request: `Err` when it is refused.
@@ -164,7 +293,7 @@ impl Window {
             self.carry -= 1.0;
             return Ok(());
         }
-        self.push(now, false);
+        self.push(now, Answer::Refused);
         Err(())
     }
 }
@@ -179,9 +308,15 @@ pub struct SendLimiter {
 impl SendLimiter {
     /// A throttle in `mode`.
     pub fn new(mode: SendRate) -> Self {
+        Self::tuned(mode, Tuning::DEFAULT)
+    }
+
+    /// A throttle in `mode` with other constants than the gateway's (the fleet simulation's
+    /// comparisons).
+    pub fn tuned(mode: SendRate, tuning: Tuning) -> Self {
         Self {
             mode,
-            windows: Default::default(),
+            windows: [Mutex::new(Window::new(tuning)), Mutex::new(Window::new(tuning))],
         }
     }
 
@@ -205,7 +340,7 @@ impl SendLimiter {
         if self.mode == SendRate::Off {
             return;
         }
-        self.window(op).push(Instant::now(), !throttled);
+        self.window(op).answered(Instant::now(), throttled);
     }
 
     /// The probability that a request of `op` is refused now (`None`: the throttle is off).
