@@ -53,18 +53,6 @@ pub const PRIOR: usize = 20;
 /// window fell far below its share after bad luck, and would climb back only at `PROBE`'s slow
 /// pull, sends at least half of it at once.
 pub const FLOOR: f64 = 0.5;
-
-/// What became of one request in a window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
-    /// Sent, and not answered 429.
-    Accepted,
-    /// Sent, and answered 429.
-    Throttled,
-    /// Refused by the throttle.
-    Refused,
-}
-
 /// A throttle's onset: when [`ONSET`]`.0` of a process's last [`ONSET`]`.1` requests sent were
 /// answered 429, its window keeps only what came from the first of them on. Random 429s of 7%
 /// do that about once in 10^13 sends, a settled throttle (one send in five answered 429) once in
@@ -133,6 +121,17 @@ pub struct NoSlot {
     pub retry_after: Duration,
 }
 
+/// What became of one request in a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Sent, and not answered 429.
+    Accepted,
+    /// Sent, and answered 429.
+    Throttled,
+    /// Refused by the throttle.
+    Refused,
+}
+
 /// The throttle's constants, together: [`Tuning::DEFAULT`] in the gateway.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tuning {
@@ -163,7 +162,7 @@ impl Tuning {
 #[derive(Debug)]
 struct Window {
     tuning: Tuning,
-    /// When each request was answered or refused, and whether Chime accepted it.
+    /// When each request was answered or refused, and what became of it.
     requests: VecDeque<(Instant, Answer)>,
     accepts: usize,
     /// The requests in the window that were sent and answered 429.
