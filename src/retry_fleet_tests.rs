@@ -12,7 +12,8 @@
 //! contains it), `FLEET_SIM_SENDERS` (`1,10`); the timeline, in seconds: `FLEET_SIM_HEALTHY`
 //! (before the fault, 60), `FLEET_SIM_SETTLE` (of a fault before it is measured) and
 //! `FLEET_SIM_SECONDS` (measured); and the throttle's constants `FLEET_SIM_WINDOW`,
-//! `FLEET_SIM_K`, `FLEET_SIM_PROBE` and `FLEET_SIM_PRIOR` (the gateway's by default). The goals
+//! `FLEET_SIM_K`, `FLEET_SIM_PROBE`, `FLEET_SIM_PRIOR` and `FLEET_SIM_FLOOR` (the gateway's by
+//! default). The goals
 //! are asserted whatever the settings: a run with others may fail.
 
 use std::sync::{Arc, Mutex};
@@ -267,8 +268,15 @@ fn settling(fault: Fault, senders: usize, tuning: Tuning) -> Duration {
     Duration::from_secs_f64(3.0 * tuning.window as f64 * senders as f64 / RATE)
 }
 
+/// A setting from the environment; one that cannot be read stops the run, rather than being
+/// taken for its default.
 fn setting<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: cannot read {value:?}")),
+    )
 }
 
 /// The throttle's constants: the gateway's, or those the settings name.
