@@ -220,5 +220,54 @@ async fn a_quiet_process_keeps_its_window_through_its_ordinary_silences() {
     assert!(p > 0.9, "{p}");
 }
 
+/// Sends `n` creates one every half second, each throttled with probability `throttled` (a
+/// seeded draw); the refusals, and the least refusal probability met after each answer.
+async fn pace(limiter: &SendLimiter, n: usize, throttled: f64, seed: u64) -> (usize, f64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut refused, mut least) = (0, 1.0_f64);
+    for _ in 0..n {
+        if limiter.acquire(Operation::CreateUser).is_ok() {
+            limiter.record(Operation::CreateUser, rng.random::<f64>() < throttled);
+            least = least.min(limiter.refusal_probability(Operation::CreateUser).unwrap());
+        } else {
+            refused += 1;
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
+    }
+    (refused, least)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttle_that_persists_is_never_taken_for_its_end() {
+    // A quiet process settled in a throttle that answers one send in five with 429: 50,000
+    // calls (seven hours at 2 calls/s) and never a run of accepts long enough to end it.
+    let limiter = SendLimiter::new(SendRate::Adaptive);
+    let _ = pace(&limiter, 2000, 0.2, 1).await;
+    let (refused, least) = pace(&limiter, 50_000, 0.2, 2).await;
+    assert!(least > 0.3, "{least}");
+    assert!(refused > 30_000, "{refused}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_process_sends_everything_soon_after_a_throttle_ends() {
+    let limiter = SendLimiter::new(SendRate::Adaptive);
+    let _ = pace(&limiter, 2000, 0.2, 1).await;
+    let p = limiter.refusal_probability(Operation::CreateUser).unwrap();
+    assert!(p > 0.5, "{p}");
+    // The throttle ends. A run of accepted sends that a throttle accepting 1 / K of them would
+    // make once in 10^4 (97) ends it after 198 requests, 107 refused: the window keeps only the
+    // run, and nothing more is refused. At K's pace alone it took 1,300 requests and refused 443; once
+    // its last 429 leaves the window it ends too, after 382.
+    let (mut requests, mut refused) = (0, 0);
+    while limiter.refusal_probability(Operation::CreateUser) != Some(0.0) {
+        refused += pace(&limiter, 1, 0.0, 3).await.0;
+        requests += 1;
+    }
+    assert!(requests < 300, "{requests}");
+    assert!(refused < 150, "{refused}");
+    assert_eq!(pace(&limiter, 1000, 0.0, 4).await.0, 0);
+}
+
 #[path = "retry_fleet_tests.rs"]
 mod fleet;

@@ -15,8 +15,9 @@
 //! 7% of random 429s, never trigger it. A long window learns slowly that a throttle began (a
 //! quiet process's accepts of the last minutes outweigh its first 429s), so the onset of a
 //! throttle, most of a process's last sends answered 429 ([`ONSET`]), cuts the window back to
-//! the requests that met it. And a process that bad luck left far below its share is held at
-//! no less than half of it ([`FLOOR`]).
+//! the requests that met it; its end, a run of accepted sends no throttle would make
+//! ([`END_ODDS`]), cuts it back to that run, refusals gone. And a process that bad luck left far
+//! below its share is held at no less than half of it ([`FLOOR`]).
 //!
 //! The draws are deterministic (error diffusion: a fraction of a request carried from one draw
 //! to the next), so a process refuses exactly its share and tests repeat. A window whose process
@@ -58,6 +59,16 @@ pub const FLOOR: f64 = 0.5;
 /// do that about once in 10^13 sends, a settled throttle (one send in five answered 429) once in
 /// five million; a throttle that begins, at once.
 pub const ONSET: (usize, usize) = (15, 20);
+/// A throttle's end: a run of accepted sends that the throttle would make less often than once
+/// in this many. The window then keeps only the run: its refusals refused what Chime now serves,
+/// and without this a process climbs back at `K`'s pace (a tenth more sends a window turn: 1,300
+/// requests, eleven minutes of a quiet sidecar's calls). A throttle accepts at most `1 / K` of
+/// a fleet's sends once settled, and less while it begins, so the run is judged at that share or
+/// at the window's own share of accepted sends before it, whichever is higher: 97 sends. The
+/// window's own share alone is stale while a fleet comes down to its limit (a quarter accepted
+/// at the onset, four fifths a minute later), and it took runs of 15 for an end: 50 new senders
+/// then sent 1.36R to 1.41R in the throttle's first minute, not 1.26R to 1.31R.
+pub const END_ODDS: f64 = 1e4;
 /// A window forgotten after silence holds at least this many requests (fewer span too little
 /// time to judge by).
 const STALE_AFTER: usize = 4;
@@ -173,6 +184,10 @@ struct Window {
     sent: VecDeque<(u64, bool)>,
     /// Of those, the ones answered 429.
     sent_throttled: usize,
+    /// The accepted sends since the last 429, all of them the window's newest sends.
+    run: usize,
+    /// Which push the first of them was.
+    run_from: u64,
     /// Accepts assumed in the window's oldest places: each request not accepted (a 429, or a
     /// refusal) takes one away, so they hold while Chime accepts and go as soon as it throttles.
     prior: usize,
@@ -190,6 +205,8 @@ impl Window {
             pushed: 0,
             sent: VecDeque::with_capacity(ONSET.1),
             sent_throttled: 0,
+            run: 0,
+            run_from: 0,
             prior: tuning.prior,
             carry: 0.5,
         }
@@ -236,6 +253,46 @@ impl Window {
         if self.sent_throttled >= ONSET.0 {
             self.onset();
         }
+        if throttled {
+            self.run = 0;
+        } else {
+            if self.run == 0 {
+                self.run_from = self.pushed - 1;
+            }
+            self.run += 1;
+            if self.ended() {
+                self.end();
+            }
+        }
+    }
+
+    /// Whether the run of accepted sends says the throttle is over: the window refuses, and
+    /// `q^run < 1 / END_ODDS`, where `q` is the share of its sends before the run that were
+    /// accepted, or `1 / K` if higher. A window that holds no 429 at all (the last left it) has
+    /// nothing left that says Chime throttles.
+    fn ended(&self) -> bool {
+        if self.requests.len() == self.accepts + self.throttled {
+            return false;
+        }
+        if self.throttled == 0 {
+            return true;
+        }
+        let before = (self.accepts + self.throttled).saturating_sub(self.run);
+        let accepted_before = self.accepts.saturating_sub(self.run);
+        let q = (accepted_before as f64 / before.max(1) as f64).max(1.0 / self.tuning.k);
+        q.powi(i32::try_from(self.run).unwrap_or(i32::MAX)) * END_ODDS < 1.0
+    }
+
+    /// A throttle ended: the window keeps only the run's sends. (Its refusals gone, the window
+    /// holds fewer requests than were pushed since the run began, so a later cut by pushes keeps
+    /// at most that many more of its oldest requests.)
+    fn end(&mut self) {
+        let keep = usize::try_from(self.pushed - self.run_from).unwrap_or(usize::MAX);
+        let drop = self.requests.len().saturating_sub(keep);
+        self.requests.drain(..drop);
+        self.requests.retain(|&(_, answer)| answer == Answer::Accepted);
+        self.accepts = self.requests.len();
+        self.throttled = 0;
     }
 
     /// A throttle began: the window keeps what came from the first of the sends that met it on,
