@@ -67,7 +67,7 @@ pub const ONSET: (usize, usize) = (15, 20);
 /// at the window's own share of accepted sends before it, whichever is higher: 97 sends. The
 /// window's own share alone is stale while a fleet comes down to its limit (a quarter accepted
 /// at the onset, four fifths a minute later), and it took runs of 15 for an end: 50 new senders
-/// then sent 1.36R to 1.41R in the throttle's first minute, not 1.26R to 1.31R.
+/// then sent 1.36R to 1.41R in the throttle's first minute, not 1.24R to 1.32R.
 pub const END_ODDS: f64 = 1e4;
 /// A window forgotten after silence holds at least this many requests (fewer span too little
 /// time to judge by).
