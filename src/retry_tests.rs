@@ -257,10 +257,10 @@ async fn a_process_sends_everything_soon_after_a_throttle_ends() {
     assert!(p > 0.5, "{p}");
     // The throttle ends. A run of accepted sends that a throttle accepting 1 / K of them would
     // make once in 10^4 (97) ends it after 198 requests, 107 refused: the window keeps only the
-    // run, and nothing more is refused. At K's pace alone it took 1,300 requests and refused 443; once
-    // its last 429 leaves the window it ends too, after 382.
+    // run, and nothing more is refused. At K's pace alone it took 1,300 requests and refused
+    // 443; once its last 429 leaves the window it ends too, after 382.
     let (mut requests, mut refused) = (0, 0);
-    while limiter.refusal_probability(Operation::CreateUser) != Some(0.0) {
+    while limiter.refusal_probability(Operation::CreateUser) != Some(0.0) && requests < 2000 {
         refused += pace(&limiter, 1, 0.0, 3).await.0;
         requests += 1;
     }
