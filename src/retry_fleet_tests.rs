@@ -11,10 +11,11 @@
 //! Settings, to compare: `FLEET_SIM_SEED` (another draw), `FLEET_SIM_ONLY` (the faults whose name
 //! contains it), `FLEET_SIM_SENDERS` (`1,10`); the timeline, in seconds: `FLEET_SIM_HEALTHY`
 //! (before the fault, 60), `FLEET_SIM_SETTLE` (of a fault before it is measured) and
-//! `FLEET_SIM_SECONDS` (measured); and the throttle's constants `FLEET_SIM_WINDOW`,
-//! `FLEET_SIM_K`, `FLEET_SIM_PROBE`, `FLEET_SIM_PRIOR` and `FLEET_SIM_FLOOR` (the gateway's by
-//! default). The goals
-//! are asserted whatever the settings: a run with others may fail.
+//! `FLEET_SIM_SECONDS` (measured); `FLEET_SIM_TRACE`, every how many seconds of the fault to
+//! print the share of creates that the least and the most served senders' throttles let go; and
+//! the throttle's constants `FLEET_SIM_WINDOW`, `FLEET_SIM_K`, `FLEET_SIM_PROBE`,
+//! `FLEET_SIM_PRIOR` and `FLEET_SIM_FLOOR` (the gateway's by default). The goals are asserted
+//! whatever the settings: a run with others may fail.
 
 use std::sync::{Arc, Mutex};
 
@@ -319,6 +320,7 @@ async fn simulate(fault: Fault, senders: usize, seed: u64) -> Figures {
             })
         })
         .collect();
+    let trace = setting::<f64>("FLEET_SIM_TRACE").map(|every| trace(&fleet, from, until, every));
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut calls = Vec::new();
     let mut at = start;
@@ -345,11 +347,15 @@ async fn simulate(fault: Fault, senders: usize, seed: u64) -> Figures {
     }
     let calls: u64 = by_sender.iter().map(|s| s.0).sum();
     let ok: u64 = by_sender.iter().map(|s| s.1).sum();
-    let mut shares: Vec<f64> = by_sender
-        .iter()
-        .filter(|s| s.0 > 0)
-        .map(|&(n, served)| served as f64 / (ok as f64 * n as f64 / calls as f64))
-        .collect();
+    let share = |&(n, served): &(u64, u64)| served as f64 / (ok as f64 * n as f64 / calls as f64);
+    if let Some(trace) = trace {
+        print_trace(
+            fault,
+            &trace.await.unwrap(),
+            &by_sender.iter().map(share).collect::<Vec<_>>(),
+        );
+    }
+    let mut shares: Vec<f64> = by_sender.iter().filter(|s| s.0 > 0).map(share).collect();
     shares.sort_by(f64::total_cmp);
     let chime = chime.lock().unwrap();
     Figures {
@@ -362,6 +368,50 @@ async fn simulate(fault: Fault, senders: usize, seed: u64) -> Figures {
         lookups: chime.lookups,
         min_share: shares[0],
         p10_share: shares[(shares.len() - 1) / 10],
+    }
+}
+
+/// Each sender's share of its creates that its throttle lets go, every `every` seconds from
+/// the fault's start (`from`) to `until`.
+fn trace(
+    fleet: &[Arc<Gateway>],
+    from: Instant,
+    until: Instant,
+    every: f64,
+) -> tokio::task::JoinHandle<Vec<Vec<f64>>> {
+    let fleet = fleet.to_vec();
+    tokio::spawn(async move {
+        let mut sending = vec![Vec::new(); fleet.len()];
+        let mut at = from;
+        while at < until {
+            tokio::time::sleep_until(at).await;
+            for (gw, sending) in fleet.iter().zip(&mut sending) {
+                let refused = gw
+                    .limiter
+                    .refusal_probability(Operation::CreateUser)
+                    .unwrap_or(0.0);
+                sending.push(1.0 - refused);
+            }
+            at += Duration::from_secs_f64(every);
+        }
+        sending
+    })
+}
+
+/// `FLEET_SIM_TRACE`: how the least and the most served senders' throttles let creates go over
+/// the fault, with the share of OK calls each kept.
+fn print_trace(fault: Fault, sending: &[Vec<f64>], shares: &[f64]) {
+    let mut order: Vec<usize> = (0..shares.len()).filter(|&i| !shares[i].is_nan()).collect();
+    order.sort_by(|&a, &b| shares[a].total_cmp(&shares[b]));
+    let most = order.len().saturating_sub(3);
+    for &i in order.iter().take(5).chain(&order[most.max(5.min(order.len()))..]) {
+        let line: Vec<String> = sending[i].iter().map(|s| format!("{s:.2}")).collect();
+        println!(
+            "{} sender {i}, share {:.2}: {}",
+            fault.name(),
+            shares[i],
+            line.join(" ")
+        );
     }
 }
 
