@@ -180,6 +180,24 @@ async fn a_process_long_at_ease_learns_a_throttle_from_the_sends_that_meet_it() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_throttled_process_learns_at_once_that_its_throttle_deepened() {
+    // A quiet process settled in a throttle that answers one send in five with 429: its window
+    // refuses, so only the onset of most sends answered 429 can cut it.
+    let limiter = SendLimiter::new(SendRate::Adaptive);
+    let _ = pace(&limiter, 2000, 0.2, 1).await;
+    let before = limiter.refusal_probability(Operation::CreateUser).unwrap();
+    // Then every send meets 429. The 15th is the onset: the window keeps what came from the
+    // first of its last 20 sends on, at most 5 of them accepted, not 400 requests' accepts
+    // (0.58 -> 0.84; 0.62 without the onset).
+    let mut sends = 0;
+    while sends < throttle::ONSET.0 {
+        sends += 1 - pace(&limiter, 1, 1.0, 2).await.0;
+    }
+    let after = limiter.refusal_probability(Operation::CreateUser).unwrap();
+    assert!(after > 0.8, "{before} -> {after}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_process_at_ease_learns_a_throttle_that_answers_a_few_of_its_sends_with_429() {
     // Two sends in five meet 429, as a quiet sidecar's do once the rest of its fleet has come
     // down to what Chime accepts: never 15 of 20, and 400 accepts outweigh them for minutes.
