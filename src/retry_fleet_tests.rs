@@ -403,8 +403,9 @@ fn trace(
 fn print_trace(fault: Fault, sending: &[Vec<f64>], shares: &[f64]) {
     let mut order: Vec<usize> = (0..shares.len()).filter(|&i| !shares[i].is_nan()).collect();
     order.sort_by(|&a, &b| shares[a].total_cmp(&shares[b]));
-    let most = order.len().saturating_sub(3);
-    for &i in order.iter().take(5).chain(&order[most.max(5.min(order.len()))..]) {
+    let least = order.len().min(5);
+    let most = order.len().saturating_sub(3).max(least);
+    for &i in order[..least].iter().chain(&order[most..]) {
         let line: Vec<String> = sending[i].iter().map(|s| format!("{s:.2}")).collect();
         println!(
             "{} sender {i}, share {:.2}: {}",
